@@ -1,0 +1,143 @@
+"""Turn a torch model into a sparse one in place, and back."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from . import rng
+from ._checks import DISTRIBUTIONS, FORMATS, check_choice, check_density
+from .distributions import layer_counts
+from .layers import SPARSE_LAYERS, SparseConv2d, SparseLinear, random_mask
+from .storage import SparseBank, flat_get
+
+FilterFn = Callable[[str, nn.Module], bool]
+BANK_NAME = "dst_bank"
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model) if isinstance(
+        model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def sparse_layers(model: nn.Module) -> list[tuple[str, SparseConv2d | SparseLinear]]:
+    """All sparse layers of ``model`` as ``(name, layer)``, in module order."""
+    return [(n, m) for n, m in _unwrap(model).named_modules() if isinstance(m, SPARSE_LAYERS)]
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def share_bank_(model: nn.Module) -> SparseBank | None:
+    """Put the values of every compact layer of ``model`` into one bank registered on the model
+    as ``dst_bank`` (needed before reallocating methods). Call before building the optimizer."""
+    model = _unwrap(model)
+    layers = [m for _, m in sparse_layers(model) if m.format == "compact"]
+    if not layers:
+        return None
+    with torch.no_grad():
+        values = torch.cat([m.active_values().detach() for m in layers]).clone()
+    for m in layers:
+        m._parameters.pop("values", None)
+    model.register_parameter(BANK_NAME, nn.Parameter(values))
+    return SparseBank(model, BANK_NAME, layers)
+
+
+def sparsify_(model: nn.Module, density: float, *, distribution: str = "uniform",
+              filter_fn: FilterFn | None = None, format: str = "dense",
+              seed: int = 0) -> list[tuple[str, nn.Module]]:
+    """Replace the ``nn.Conv2d``/``nn.Linear`` layers selected by ``filter_fn`` with sparse ones
+    holding exactly ``round(density * pool size)`` active weights in all, distributed
+    ``"uniform"``ly or by ``"erk"``. Masks are drawn from generators keyed by (seed, layer).
+    Returns the ``(name, layer)`` pairs made sparse."""
+    density = check_density(density)
+    check_choice(distribution, DISTRIBUTIONS, "distribution")
+    check_choice(format, FORMATS, "format")
+    root = _unwrap(model)
+    if isinstance(root, SPARSE_LAYERS):
+        raise ValueError("sparsify_ works on a model holding layers; for one layer use "
+                         f"{type(root).__name__}.from_dense")
+    chosen, skipped = [], []
+    for name, m in root.named_modules():
+        if isinstance(m, SPARSE_LAYERS) or not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        if filter_fn is not None and not filter_fn(name, m):
+            continue
+        if type(m) not in (nn.Conv2d, nn.Linear):
+            skipped.append(f"{name} ({type(m).__name__})")
+            continue
+        chosen.append((name, m))
+    if skipped:
+        warnings.warn("sparsify_ leaves subclasses of Conv2d/Linear dense (their forward may not "
+                      f"go through the sparse layer): {', '.join(skipped)}", stacklevel=2)
+    if not chosen:
+        raise ValueError("sparsify_ found no nn.Conv2d or nn.Linear layer to make sparse "
+                         "(check filter_fn)")
+    counts = layer_counts([tuple(m.weight.shape) for _, m in chosen], density, distribution)
+    made = []
+    for i, ((name, m), n) in enumerate(zip(chosen, counts, strict=True)):
+        cls = SparseConv2d if isinstance(m, nn.Conv2d) else SparseLinear
+        mask = random_mask(tuple(m.weight.shape), n, rng.generator(seed, 0, i))
+        sparse = cls.from_dense(m, n / m.weight.numel(), format=format, mask=mask)
+        _set_submodule(root, name, sparse)
+        made.append((name, sparse))
+    if format == "compact":
+        share_bank_(root)
+    return made
+
+
+def set_masks_(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
+    """Set the masks of the named sparse layers (e.g. a learned or pruned mask). For compact
+    layers the bank is rebuilt: call this before building the optimizer."""
+    layers = dict(sparse_layers(model))
+    unknown = sorted(set(masks) - set(layers))
+    if unknown:
+        raise ValueError(f"no sparse layer named {unknown}; sparse layers: {sorted(layers)}")
+    pending: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+    for name, mask in masks.items():
+        layer = layers[name]
+        if layer.format == "dense":
+            layer.set_mask_(mask)
+            continue
+        dense = layer.dense_weight()
+        idx = layer._check_mask(mask.to(dense.device), layer.weight_shape).reshape(-1)
+        idx = idx.nonzero().squeeze(1)
+        pending[layer] = (idx, flat_get(dense, idx))
+    for bank in {id(m._bank): m._bank for m in pending}.values():
+        parts = [pending[m] if m in pending else (m.indices, m.active_values().detach())
+                 for m in bank._members]
+        for m, (idx, _) in zip(bank._members, parts, strict=True):
+            m.indices = idx
+        bank.replace_values(torch.cat([v for _, v in parts]).clone())
+
+
+def densify_(model: nn.Module) -> list[str]:
+    """Replace every sparse layer with its plain torch twin (same outputs); returns the names."""
+    root = _unwrap(model)
+    names = []
+    for name, layer in sparse_layers(root):
+        _set_submodule(root, name, layer.to_dense())
+        names.append(name)
+    root._parameters.pop(BANK_NAME, None)
+    return names
+
+
+def paper_filter(model: nn.Module, *, dense_fc: bool) -> FilterFn:
+    """The DSR paper's split: the stem (first conv) and 1×1 shortcut/downsample convs stay dense;
+    Linear layers are dense when ``dense_fc`` (WRN-28-2) and sparse otherwise (ResNet-50)."""
+    convs = [n for n, m in _unwrap(model).named_modules() if isinstance(m, nn.Conv2d)]
+    stem = convs[0] if convs else None
+
+    def keep(name: str, module: nn.Module) -> bool:
+        if isinstance(module, nn.Linear):
+            return not dense_fc
+        parts = name.split(".")
+        return name != stem and not any(p in ("shortcut", "downsample") for p in parts)
+
+    return keep

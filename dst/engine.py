@@ -1,0 +1,219 @@
+"""The one budget-preserving mask update; methods only supply scores."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from . import rng
+from .allocate import allocate, sample_free
+from .convert import sparse_layers
+from .methods.base import LayerState, Method, UpdateContext
+from .schedules import PeriodSchedule, as_schedule
+from .storage import Change, commit
+
+_RESIDUE_LAYER = -1  # rng key for the allocation's random residue
+
+
+@dataclass
+class UpdateReport:
+    step: int
+    pruned: int
+    grown: int
+    active: dict[str, int]
+    pruned_per_layer: dict[str, int]
+    grown_per_layer: dict[str, int]
+    method: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class SparseEngine:
+    """Updates the masks of ``model``'s sparse layers with ``method`` on a schedule.
+
+    Call :meth:`step` after every ``optimizer.step()``; it returns an :class:`UpdateReport` on
+    update steps and ``None`` otherwise. ``update_every`` is an int, a list of
+    ``(start_step, period)`` pairs or a :class:`PeriodSchedule`; no update happens at or after
+    ``stop_step``. All randomness is keyed by (seed, step, layer), so every process with the same
+    seed makes the same masks. ``check=True`` verifies the invariants after each update.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                 method: Method, *, update_every, stop_step: int | None = None, seed: int = 0,
+                 check: bool = False):
+        if not isinstance(method, Method):
+            raise ValueError(f"method must be a dst.methods.Method (DSR, SET, RigL, SNFS, Static),"
+                             f" got {method!r}")
+        self.layers = sparse_layers(model)
+        if not self.layers:
+            raise ValueError("the model has no sparse layer: call dst.sparsify_(model, density) "
+                             "first")
+        self.schedule: PeriodSchedule = as_schedule(update_every)
+        if stop_step is not None and (isinstance(stop_step, bool) or int(stop_step) < 0):
+            raise ValueError(f"stop_step must be a step count >= 0 or None, got {stop_step!r}")
+        self.stop_step = None if stop_step is None else int(stop_step)
+        self.optimizer = optimizer
+        self.method = method
+        self.seed = int(seed)
+        self.check_invariants = check
+        self.step_count = 0
+        banks = {id(m._bank) for _, m in self.layers if m.format == "compact"}
+        if method.reallocates and len(banks) > 1:
+            raise ValueError(f"{type(method).__name__} moves weights between layers, but the "
+                             "compact layers hold separate banks: build them with "
+                             "dst.sparsify_(..., format='compact') or call dst.share_bank_(model)"
+                             " before creating the optimizer")
+        self.layer_budget = [m.n_active for _, m in self.layers]
+        self.budget = sum(self.layer_budget)
+        self._arm(self.step_count + 1)
+
+    # -- schedule -----------------------------------------------------------------------------
+    def is_update_step(self, step: int) -> bool:
+        if not self.method.changes_masks:
+            return False
+        if self.stop_step is not None and step >= self.stop_step:
+            return False
+        return self.schedule.is_update(step)
+
+    def _arm(self, next_step: int) -> None:
+        mode = self.method.dense_grad
+        on = mode == "always" or (mode == "update" and self.is_update_step(next_step))
+        for _, m in self.layers:
+            m._capture_grad = on
+
+    def _dense_grads(self) -> list[Tensor | None]:
+        grads = [m.pop_dense_grad() for _, m in self.layers]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            world = dist.get_world_size()
+            for g in grads:
+                if g is not None:  # identical growth scores on every rank
+                    dist.all_reduce(g)
+                    g.div_(world)
+        return grads
+
+    # -- the update ---------------------------------------------------------------------------
+    def step(self) -> UpdateReport | None:
+        self.step_count += 1
+        t = self.step_count
+        report = None
+        if self.method.dense_grad == "always":
+            grads = self._dense_grads()
+            if any(g is None for g in grads):
+                raise RuntimeError(f"{type(self.method).__name__} needs a gradient every step: "
+                                   "call loss.backward() before engine.step()")
+            self.method.observe(t, grads)
+            if self.is_update_step(t):
+                report = self._update(t, grads)
+        elif self.is_update_step(t):
+            grads = self._dense_grads() if self.method.dense_grad == "update" else None
+            report = self._update(t, grads)
+        self._arm(t + 1)
+        return report
+
+    @torch.no_grad()
+    def _update(self, t: int, grads: list[Tensor | None] | None) -> UpdateReport:
+        states = []
+        for i, (name, m) in enumerate(self.layers):
+            active = m.active_indices()
+            states.append(LayerState(i, name, m, active, m.active_values(active).detach(),
+                                     m.numel_dense, None if grads is None else grads[i]))
+        ctx = UpdateContext(t, self.stop_step, self.budget, self.seed, states)
+        orders = self.method.prune(ctx)
+        prune_pos = []
+        for st, (scores, k) in zip(states, orders, strict=True):
+            k = max(0, min(int(k), st.n_active - 1))
+            pos = torch.topk(scores, k, largest=False, sorted=False).indices if k else \
+                torch.empty(0, dtype=torch.long, device=st.active.device)
+            prune_pos.append(pos)
+        pruned = [int(p.numel()) for p in prune_pos]
+        plan = self.method.grow(ctx, pruned)
+        blocked = []
+        for st, pos in zip(states, prune_pos, strict=True):
+            b = torch.zeros(st.numel, dtype=torch.bool, device=st.active.device)
+            b[st.active] = True
+            if self.method.regrow_pruned:
+                b[st.active.index_select(0, pos)] = False
+            blocked.append(b)
+        capacity = [st.numel - int(b.sum()) for st, b in zip(states, blocked, strict=True)]
+        if plan.weights is None:
+            counts = pruned
+            short = [i for i, (c, k) in enumerate(zip(capacity, pruned, strict=True)) if k > c]
+        else:
+            counts, short = None, []
+            if sum(capacity) < sum(pruned):
+                short = list(range(len(states)))
+        for i in short:  # too few free positions: allow regrowing just-pruned ones (still zero)
+            blocked[i][states[i].active.index_select(0, prune_pos[i])] = False
+            capacity[i] = states[i].numel - int(blocked[i].sum())
+        if counts is None:
+            counts = allocate(sum(pruned), plan.weights, capacity,
+                              rng.generator(self.seed, t, _RESIDUE_LAYER))
+        changes = []
+        for st, pos, b, g, scores in zip(states, prune_pos, blocked, counts, plan.scores,
+                                         strict=True):
+            if scores is None:
+                grown = sample_free(b, g, rng.generator(self.seed, t, st.index))
+            elif g:
+                s = scores.reshape(-1).to(b.device).masked_fill(b, float("-inf"))
+                grown = torch.topk(s, g, sorted=False).indices
+            else:
+                grown = torch.empty(0, dtype=torch.long)
+            changes.append(Change(st.layer, st.active, pos, grown.to(st.active.device)))
+        commit(changes, self.optimizer)
+        if self.check_invariants:
+            self.check()
+        names = [st.name for st in states]
+        return UpdateReport(
+            step=t, pruned=sum(pruned), grown=sum(counts),
+            active={n: m.n_active for n, m in self.layers},
+            pruned_per_layer=dict(zip(names, pruned, strict=True)),
+            grown_per_layer=dict(zip(names, counts, strict=True)),
+            method=self.method.state())
+
+    # -- invariants ---------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise AssertionError unless the budget and index invariants hold."""
+        counts = [m.n_active for _, m in self.layers]
+        assert sum(counts) == self.budget, f"budget {self.budget} != active {sum(counts)}"
+        if not self.method.reallocates:
+            assert counts == self.layer_budget, "a per-layer method changed a layer's count"
+        for (name, m), c in zip(self.layers, counts, strict=True):
+            assert c >= 1, f"layer {name} has no active weight"
+            idx = m.active_indices()
+            assert idx.numel() == c
+            if idx.numel() > 1:
+                assert bool((idx[1:] > idx[:-1]).all()), f"{name}: indices unsorted or duplicated"
+            assert int(idx.min()) >= 0 and int(idx.max()) < m.numel_dense, f"{name}: out of range"
+            if m.format == "dense":
+                assert not bool(m.weight.detach()[~m.mask].any()), f"{name}: inactive weight != 0"
+
+    # -- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "seed": self.seed, "budget": self.budget,
+                "layer_budget": list(self.layer_budget),
+                "layers": [n for n, _ in self.layers], "method": type(self.method).__name__,
+                "method_state": self.method.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the engine (load the model's state_dict, which holds the masks, first)."""
+        names = [n for n, _ in self.layers]
+        if state.get("layers") != names:
+            raise ValueError("engine state is for other sparse layers: "
+                             f"{state.get('layers')} != {names}")
+        if state.get("method") != type(self.method).__name__:
+            raise ValueError(f"engine state was saved with method {state.get('method')!r}, "
+                             f"this engine runs {type(self.method).__name__!r}")
+        active = sum(m.n_active for _, m in self.layers)
+        if state["budget"] != active:
+            raise ValueError(f"engine state budget {state['budget']} != active weights {active}: "
+                             "load the model's state_dict (masks) before the engine's")
+        self.step_count = int(state["step"])
+        self.seed = int(state["seed"])
+        self.budget = int(state["budget"])
+        self.layer_budget = list(state["layer_budget"])
+        self.method.load_state_dict(state["method_state"])
+        self._arm(self.step_count + 1)

@@ -1,0 +1,106 @@
+"""The plug-in protocol: a method returns scores and counts; only the engine edits masks.
+
+One signature per role:
+
+* ``prune(ctx) -> list[(scores, count)]``: per layer, a score for each *active* weight (aligned
+  with ``LayerState.active``; lowest pruned first) and how many to prune. The engine clips the
+  count so a layer keeps at least one weight.
+* ``grow(ctx, pruned) -> GrowPlan``: per layer, a score over *all* positions (highest grown
+  first) or ``None`` for uniform random growth; and optionally per-layer ``weights`` to share the
+  pruned total across layers in proportion (reallocating methods). Without weights each layer
+  regrows exactly what it pruned.
+* ``observe(step, grads)``: called every step with dense gradients when ``dense_grad ==
+  "always"`` (e.g. to keep a momentum of them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class LayerState:
+    """What a method may read of one sparse layer at an update."""
+
+    index: int
+    name: str
+    layer: nn.Module
+    active: Tensor  # sorted flat indices of active weights
+    values: Tensor  # their values, same order (detached)
+    numel: int
+    dense_grad: Tensor | None = None  # flat gradient w.r.t. the full weight, when captured
+
+    @property
+    def n_active(self) -> int:
+        return int(self.active.numel())
+
+
+@dataclass
+class UpdateContext:
+    step: int
+    stop_step: int | None
+    budget: int
+    seed: int
+    layers: list[LayerState] = field(default_factory=list)
+
+
+@dataclass
+class GrowPlan:
+    scores: list[Tensor | None]
+    weights: list[float] | None = None
+
+
+def fraction_count(fraction: float, n: int) -> int:
+    """round(fraction * n) (half up)."""
+    return int(fraction * n + 0.5)
+
+
+class Method:
+    """Base class of the sparsity methods (defaults: a per-layer method, no dense gradients)."""
+
+    name = "method"
+    reallocates = False  # per-layer counts may change (DSR, SNFS)
+    dense_grad = "never"  # "never" | "update" (on update steps) | "always" (every step)
+    regrow_pruned = False  # may a weight pruned in this update be grown again at once?
+    changes_masks = True
+
+    def observe(self, step: int, grads: list[Tensor]) -> None:
+        """Per-step hook (only called when ``dense_grad == "always"``)."""
+
+    def prune(self, ctx: UpdateContext) -> list[tuple[Tensor, int]]:
+        raise NotImplementedError(f"{type(self).__name__} must define prune()")
+
+    def grow(self, ctx: UpdateContext, pruned: list[int]) -> GrowPlan:
+        return GrowPlan(scores=[None] * len(ctx.layers))
+
+    def state(self) -> dict:
+        """Method state for update reports (e.g. DSR's threshold)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+def magnitude(values: Tensor) -> Tensor:
+    return values.abs()
+
+
+def grad_magnitude(state: LayerState, method: str) -> Tensor:
+    if state.dense_grad is None:
+        raise RuntimeError(f"{method} grows by gradient but no dense gradient was captured for "
+                           f"layer {state.name!r}: call loss.backward() before engine.step()")
+    return state.dense_grad.abs()
+
+
+def as_float(t: Tensor) -> float:
+    return float(t.item()) if torch.is_tensor(t) else float(t)

@@ -1,0 +1,58 @@
+"""Sparse momentum / SNFS (Dettmers & Zettlemoyer, 2019)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._checks import check_choice, check_fraction
+from ..schedules import DECAYS, decayed
+from .base import GrowPlan, Method, UpdateContext, fraction_count
+
+
+class SNFS(Method):
+    """Prune the smallest |w| per layer; share the regrowth across layers by the mean momentum
+    magnitude of their active weights; grow where momentum magnitude is largest. The momentum is
+    an exponential average (``momentum``) of dense gradients, kept by the method."""
+
+    name = "snfs"
+    reallocates = True
+    dense_grad = "always"
+    regrow_pruned = True
+
+    def __init__(self, prune_fraction: float = 0.5, decay: str = "cosine",
+                 momentum: float = 0.9):
+        self.prune_fraction = check_fraction(prune_fraction, "prune_fraction")
+        self.decay = check_choice(decay, DECAYS, "decay")
+        self.momentum = check_fraction(momentum, "momentum", allow_zero=True)
+        self._buffers: list[Tensor] = []
+        self._fraction = self.prune_fraction
+
+    def observe(self, step: int, grads: list[Tensor]) -> None:
+        if not self._buffers:
+            self._buffers = [torch.zeros_like(g) for g in grads]
+        for buf, g in zip(self._buffers, grads, strict=True):
+            buf.mul_(self.momentum).add_(g, alpha=1.0 - self.momentum)
+
+    def prune(self, ctx: UpdateContext):
+        if not self._buffers:
+            raise RuntimeError("SNFS has seen no gradient yet: call loss.backward() and "
+                               "engine.step() every step")
+        self._fraction = decayed(self.prune_fraction, self.decay, ctx.step, ctx.stop_step)
+        return [(st.values.abs(), fraction_count(self._fraction, st.n_active))
+                for st in ctx.layers]
+
+    def grow(self, ctx: UpdateContext, pruned: list[int]) -> GrowPlan:
+        scores = [buf.abs() for buf in self._buffers]
+        weights = [float(s.index_select(0, st.active.to(s.device)).mean())
+                   for s, st in zip(scores, ctx.layers, strict=True)]
+        return GrowPlan(scores=scores, weights=weights)
+
+    def state(self) -> dict:
+        return {"fraction": self._fraction}
+
+    def state_dict(self) -> dict:
+        return {"momentum_buffers": [b.clone() for b in self._buffers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._buffers = [b.clone() for b in state.get("momentum_buffers", [])]
