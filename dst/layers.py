@@ -166,6 +166,11 @@ class SparseMixin:
             if key in state_dict and state_dict[key].shape != self.indices.shape:
                 self.indices = torch.empty_like(state_dict[key], device=self.indices.device)
                 self._bank.bump()
+            vkey = prefix + "values"  # a private bank follows the checkpoint's count
+            if self._bank.owner is self and vkey in state_dict \
+                    and state_dict[vkey].shape != self.values.shape:
+                self._bank.replace_values(torch.empty_like(state_dict[vkey],
+                                                           device=self.values.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_parameters(self) -> None:

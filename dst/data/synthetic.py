@@ -18,7 +18,8 @@ def make_synthetic(
 
     Every class owns a fixed random low-frequency pattern (a 4x4 grid upsampled bilinearly and
     made left-right symmetric, so crops and flips keep it recognisable); a sample is its class
-    pattern plus per-pixel noise and a random brightness offset. Deterministic given ``seed``.
+    pattern (at a fifth of the noise level) plus per-pixel noise and a random brightness
+    offset, so a linear model needs a few dozen steps to learn it. Deterministic given ``seed``.
     """
     if n_train < 1 or n_test < 0:
         raise ValueError(f"need n_train >= 1 and n_test >= 0, got {n_train} and {n_test}")
@@ -36,7 +37,7 @@ def make_synthetic(
         y = torch.randint(0, num_classes, (n,), generator=g)
         noise = torch.randn(n, channels, image_size, image_size, generator=g)
         offset = 0.3 * torch.randn(n, 1, 1, 1, generator=g)
-        x = 128 + 40 * (patterns[y] + 0.8 * noise + offset)
+        x = 128 + 40 * (0.2 * patterns[y] + noise + offset)
         return x.round().clamp_(0, 255).to(torch.uint8), y
 
     train_x, train_y = split(n_train)

@@ -1,0 +1,223 @@
+"""Reusable training pieces: one epoch, evaluation, LR schedule, atomic checkpoints."""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import random
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+AMP_MODES = ("off", "bf16", "fp16")
+SCHEDULES = ("multistep", "cosine", "constant")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (corrupt, or for another model or run)."""
+
+
+# ----------------------------------------------------------------------------- schedule
+class EpochLR:
+    """LR factor by epoch: linear warm-up, then multistep (gamma at milestones), cosine or
+    constant. Picklable, so it rides in LambdaLR's state."""
+
+    def __init__(self, kind: str, milestones: list[int], gamma: float, epochs: int,
+                 warmup_epochs: int = 0):
+        if kind not in SCHEDULES:
+            raise ValueError(f"unknown LR schedule {kind!r}; valid choices: "
+                             f"{', '.join(SCHEDULES)}")
+        self.kind, self.milestones, self.gamma = kind, sorted(milestones), gamma
+        self.epochs, self.warmup = epochs, warmup_epochs
+
+    def __call__(self, epoch: int) -> float:
+        if epoch < self.warmup:
+            return (epoch + 1) / (self.warmup + 1)
+        if self.kind == "multistep":
+            return self.gamma ** sum(1 for m in self.milestones if epoch >= m)
+        if self.kind == "cosine":
+            span = max(1, self.epochs - self.warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(epoch - self.warmup, span) / span))
+        return 1.0
+
+
+def build_scheduler(optimizer, cfg, epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+    unit = cfg.get("unit", "fraction")
+    if unit not in ("fraction", "epoch"):
+        raise ValueError(f"optim.scheduler.unit must be fraction or epoch, got {unit!r}")
+    ms = [int(round(m * epochs)) if unit == "fraction" else int(m) for m in cfg.milestones]
+    factor = EpochLR(cfg.kind, ms, float(cfg.gamma), epochs, int(cfg.get("warmup_epochs", 0)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ----------------------------------------------------------------------------- amp
+def autocast_ctx(device: torch.device, amp: str):
+    if amp not in AMP_MODES:
+        raise ValueError(f"unknown trainer.amp {amp!r}; valid choices: {', '.join(AMP_MODES)}")
+    if amp == "off":
+        return nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+# ----------------------------------------------------------------------------- loops
+def _is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _sum_across(values: list[float], device) -> list[float]:
+    if not _is_dist():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer, engine, *, device, amp: str = "off",
+                    scaler=None, limit: int | None = None,
+                    on_report: Callable | None = None,
+                    on_step: Callable[[int, int, float], None] | None = None,
+                    memory_format=torch.contiguous_format) -> dict:
+    """One pass over ``loader``: forward, backward, ``optimizer.step()``, ``engine.step()``."""
+    model.train()
+    total_loss = correct = seen = 0.0
+    n_batches = len(loader) if limit is None else min(limit, len(loader))
+    for i, (x, y) in enumerate(loader):
+        if i >= n_batches:
+            break
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
+        y = y.to(device, non_blocking=True)
+        with autocast_ctx(device, amp):
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if engine is not None:
+            report = engine.step()
+            if report is not None and on_report is not None:
+                on_report(report)
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise FloatingPointError(f"training loss is {lv} at batch {i}; lower the LR or "
+                                     "turn AMP off")
+        total_loss += lv * y.numel()
+        correct += float((out.detach().argmax(1) == y).sum())
+        seen += y.numel()
+        if on_step is not None:
+            on_step(i + 1, n_batches, lv)
+    total_loss, correct, seen = _sum_across([total_loss, correct, seen], device)
+    return {"loss": total_loss / max(seen, 1), "acc": 100.0 * correct / max(seen, 1),
+            "batches": n_batches, "images": int(seen)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, *, device, amp: str = "off", limit: int | None = None,
+             memory_format=torch.contiguous_format) -> dict:
+    """Loss, top-1 and top-5 accuracy (%) over ``loader`` (summed across DDP ranks)."""
+    model.eval()
+    total_loss = c1 = c5 = seen = 0.0
+    for i, (x, y) in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
+        y = y.to(device, non_blocking=True)
+        with autocast_ctx(device, amp):
+            out = model(x)
+        total_loss += float(F.cross_entropy(out.float(), y, reduction="sum"))
+        top = out.topk(min(5, out.shape[1]), dim=1).indices
+        c1 += float((top[:, 0] == y).sum())
+        c5 += float((top == y[:, None]).any(1).sum())
+        seen += y.numel()
+    total_loss, c1, c5, seen = _sum_across([total_loss, c1, c5, seen], device)
+    n = max(seen, 1)
+    return {"loss": total_loss / n, "acc1": 100.0 * c1 / n, "acc5": 100.0 * c5 / n,
+            "images": int(seen)}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via ``write(tmp)`` to a temp file beside ``path``, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError,
+            ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable "
+                              f"({type(e).__name__}: {str(e).splitlines()[0]}); it was left "
+                              "untouched: restore it or start without trainer.resume") from e
+    if not isinstance(state, dict) or state.get("format") != "dst-checkpoint-v1":
+        raise CheckpointError(f"{path} is not a dst checkpoint")
+    return state
+
+
+def progress_printer(enabled: bool, label: str) -> Callable[[int, int, float], None]:
+    """A one-line progress bar on a TTY (carriage returns), nothing otherwise."""
+    if not enabled:
+        return lambda i, n, loss: None
+    start = time.time()
+
+    def show(i: int, n: int, loss: float) -> None:
+        width = 30
+        done = int(width * i / max(n, 1))
+        rate = i / max(time.time() - start, 1e-9)
+        sys.stderr.write(f"\r{label} [{'#' * done}{'.' * (width - done)}] {i}/{n} "
+                         f"loss {loss:.4f} {rate:.1f} it/s")
+        if i == n:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show

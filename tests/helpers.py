@@ -1,0 +1,44 @@
+"""Shared test helpers (tiny models, deterministic batches)."""
+
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """Convs (plain, grouped, depthwise, dilated) and Linear layers: every kind of sparse layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8, bias=False)
+        self.pointwise = nn.Conv2d(8, 16, 1, stride=2)
+        self.fc1 = nn.Linear(16 * 4 * 4, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.grouped(x))
+        x = torch.relu(self.depthwise(x))
+        x = torch.relu(self.pointwise(x))
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def batch(step: int, n: int = 8):
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def train_steps(model, opt, engine, start: int, steps: int, on_step=None):
+    """Deterministic training: the batch of step t depends only on t."""
+    reports = []
+    for t in range(start, start + steps):
+        x, y = batch(t)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        r = engine.step() if engine is not None else None
+        if on_step is not None:
+            on_step(r)
+        reports.append(r)
+    return reports

@@ -1,0 +1,156 @@
+"""The training app: config composition, CLI smoke runs, resume equality, DDP, bad overrides."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dst.app import run
+from dst.train import CONF_DIR
+
+QUICK = ["model=resnet20", "data=synthetic", "data.n_train=96", "data.n_test=64",
+         "data.batch_size=32", "data.image_size=16", "trainer.tensorboard=false",
+         "trainer.progress=false"]
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def cfg_of(overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes(name):
+    cfg = cfg_of([f"experiment={name}"])
+    assert cfg.trainer.epochs >= 1 and cfg.sparsity.name in {"dsr", "dense", "static"}
+    if name.startswith("wrn28_2_cifar10_dsr_s"):
+        s = int(name[-2:]) / 100
+        assert cfg.sparsity.density == pytest.approx(1 - s)
+        assert list(cfg.sparsity.schedule.period[1]) == [25, 200]
+        assert cfg.sparsity.schedule.stop == 190 and cfg.sparsity.method.prune_target == 20000
+    if name.startswith("resnet50"):
+        assert cfg.sparsity.filter == "paper_sparse_fc"
+        assert cfg.sparsity.method.prune_target == 400000
+
+
+@pytest.mark.parametrize("sparsity", ["dense", "static", "dsr", "set", "rigl", "snfs"])
+def test_each_sparsity_preset_trains(sparsity, tmp_path):
+    cfg = cfg_of([*QUICK, f"sparsity={sparsity}", "trainer.epochs=2", "trainer.debug_checks=true"])
+    if cfg.sparsity.schedule is not None:
+        cfg.sparsity.schedule.unit = "step"
+        cfg.sparsity.schedule.period = [[0, 1]]
+        cfg.sparsity.schedule.stop = 5
+    summary = run(cfg, tmp_path)
+    assert summary["finished"] and summary["epochs"] == 2
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    m = [json.loads(x) for x in lines]
+    assert [x["epoch"] for x in m] == [1, 2] and m[-1]["step"] == 6
+    for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc1", "test_acc5",
+                "active_weights", "model_density", "pool_density", "time"):
+        assert m[-1][key] is not None
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    assert (tmp_path / "model_summary.txt").read_text().count("\n") > 10
+    if sparsity == "dense":
+        assert summary["pool_size"] == 0 and summary["model_density"] == 1.0
+    else:
+        assert summary["pool_density"] == pytest.approx(0.1, abs=1e-3)
+    if sparsity not in ("dense", "static"):
+        assert (tmp_path / "density_history.csv").is_file()
+        assert (tmp_path / "density_history.png").stat().st_size > 1000
+
+
+def _metrics(path: Path):
+    out = []
+    for line in (path / "metrics.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        d.pop("time"), d.pop("wall")
+        out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["dense", "compact"])
+def test_resume_is_exact(tmp_path, fmt):
+    common = [*QUICK, "sparsity=dsr", f"sparsity.format={fmt}", "trainer.epochs=2",
+              "sparsity.schedule.unit=step", "sparsity.schedule.period=[[0,2]]",
+              "sparsity.schedule.stop=null", "optim.optimizer.lr=0.05"]
+    straight = tmp_path / "straight"
+    run(cfg_of(common), straight)
+    split = tmp_path / "split"
+    first = run(cfg_of([*common, "trainer.stop_after=1"]), split)
+    assert first == {"finished": False, "epoch": 1}
+    run(cfg_of([*common, "trainer.resume=true"]), split)
+    assert _metrics(straight) == _metrics(split)
+    a = torch.load(straight / "checkpoints/last.pt", weights_only=False)
+    b = torch.load(split / "checkpoints/last.pt", weights_only=False)
+    assert a["engine"]["step"] == b["engine"]["step"] == 6
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    # density rows were kept up to the checkpoint and continued
+    rows = (split / "density_history.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(tmp_path):
+    common = [*QUICK, "sparsity=static", "trainer.epochs=1"]
+    run(cfg_of(common), tmp_path)
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="corrupt or unreadable"):
+        run(cfg_of([*common, "trainer.epochs=2", "trainer.resume=true"]), tmp_path)
+    assert ckpt.read_bytes() == b"not a checkpoint"
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path):
+    run(cfg_of([*QUICK, "sparsity=static", "trainer.epochs=1"]), tmp_path)
+    with pytest.raises(Exception, match="different sparsity"):
+        run(cfg_of([*QUICK, "sparsity=static", "sparsity.density=0.2", "trainer.epochs=2",
+                    "trainer.resume=true"]), tmp_path)
+
+
+def _cli(args, tmp_path, env=None, timeout=240):
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "dst.train", *args,
+                           f"hydra.run.dir={tmp_path}"], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=tmp_path)
+
+
+def test_cli_smoke_run(tmp_path):
+    r = _cli([*QUICK, "sparsity=dsr", "trainer.epochs=1"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["finished"]
+    assert "epoch 1/1" in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["model=nope"], "Could not find 'model/nope'"),
+    (["sparsity.density=1.5"], "sparsity.density must be in (0, 1], got 1.5"),
+    (["data=npz", "data.path=/nonexistent/x.npz"], "/nonexistent/x.npz"),
+    (["data=npz"], "missing value for data.path"),
+    (["sparsity.densty=0.1"], "Key 'densty' is not in struct"),
+    (["sparsity=magic"], "Could not find 'sparsity/magic'"),
+])
+def test_bad_overrides_exit_nonzero_with_a_clear_line(args, expected, tmp_path):
+    base = [a for a in QUICK if not a.startswith("data")] if "data=npz" in args else QUICK
+    r = _cli([*base, *args, "trainer.epochs=1"], tmp_path)
+    assert r.returncode != 0
+    assert expected in r.stderr, r.stderr[-2000:]
+
+
+def test_ddp_two_gloo_processes_end_bit_identical(tmp_path):
+    args = [*QUICK, "data.n_train=256", "sparsity=rigl", "trainer.epochs=2", "sparsity.schedule.unit=step",
+            "sparsity.schedule.period=[[0,1]]", "sparsity.schedule.stop=null",
+            "sparsity.method.decay=constant", "trainer.device=cpu", "trainer.debug_checks=true"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", "-m", "dst.train", *args,
+                        f"hydra.run.dir={tmp_path}"], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    fps = s["replica_fingerprints"]
+    assert len(fps) == 2 and fps[0] == fps[1]
+    assert s["engine_steps"] == 2 * 4  # 256 images / 2 ranks / batch 32 = 4 steps per epoch

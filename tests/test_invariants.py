@@ -1,0 +1,118 @@
+"""The shared invariants, run for every method in the registry and both formats."""
+
+import copy
+
+import pytest
+import torch
+from helpers import TinyNet, train_steps
+
+import dst
+from dst.methods import METHODS
+
+OPTIMIZERS = {
+    "sgd_nesterov": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True,
+                                              weight_decay=5e-4),
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-3),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.05),
+}
+STEPS, STOP = 200, 10_000
+
+
+def build(method_name, fmt, opt_name="sgd_nesterov", seed=0):
+    torch.manual_seed(0)
+    model = TinyNet()
+    dst.sparsify_(model, 0.3, format=fmt, seed=seed)
+    opt = OPTIMIZERS[opt_name](model.parameters())
+    engine = dst.SparseEngine(model, opt, METHODS[method_name](), update_every=1,
+                              stop_step=STOP, seed=seed)
+    return model, opt, engine
+
+
+def opt_state_at(opt, layer, flat_idx):
+    """Every optimizer state value of a layer's weights at flat positions."""
+    if layer.format == "dense":
+        param, pos = layer.weight, flat_idx
+    else:
+        param = layer._bank.values
+        local = torch.searchsorted(layer.indices, flat_idx)
+        pos = local + layer._bank.offsets()[layer._bank_slot]
+    out = []
+    for v in opt.state.get(param, {}).values():
+        if torch.is_tensor(v) and v.shape == param.shape:
+            out.append(v.reshape(-1)[pos] if v.is_contiguous() else v.flatten()[pos])
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["dense", "compact"])
+@pytest.mark.parametrize("method_name", sorted(METHODS))
+def test_invariants_over_hundreds_of_updates(method_name, fmt):
+    model, opt, engine = build(method_name, fmt)
+    layers = dst.sparse_layers(model)
+    budget0 = [m.n_active for _, m in layers]
+    assert sum(budget0) == engine.budget
+    prev = {n: m.mask.clone() for n, m in layers}
+    n_updates, n_grown = 0, 0
+
+    def check(report):
+        nonlocal n_updates, n_grown
+        counts = [m.n_active for _, m in layers]
+        assert sum(counts) == engine.budget
+        if not engine.method.reallocates:
+            assert counts == budget0
+        for name, m in layers:
+            idx = m.active_indices()
+            assert idx.numel() >= 1
+            assert idx.unique().numel() == idx.numel()
+            assert int(idx.min()) >= 0 and int(idx.max()) < m.numel_dense
+            if fmt == "dense":
+                assert not bool(m.weight.detach()[~m.mask].any())
+            new = (m.mask & ~prev[name]).reshape(-1).nonzero().squeeze(1)
+            if report is not None and new.numel():
+                n_grown += new.numel()
+                assert not bool(dst.storage.flat_get(m.dense_weight(), new).any()), name
+                for st in opt_state_at(opt, m, new):
+                    assert not bool(st.any()), f"{name}: grown weights kept optimizer state"
+            prev[name] = m.mask.clone()
+        if report is not None:
+            n_updates += 1
+            assert report.pruned == report.grown
+            assert sum(report.active.values()) == engine.budget
+
+    # grown weights are checked right after the update step, before any optimizer step
+    train_steps(model, opt, engine, 0, STEPS, on_step=check)
+    if engine.method.changes_masks:
+        assert n_updates == STEPS and n_grown > 0
+    engine.check()
+
+
+@pytest.mark.parametrize("fmt", ["dense", "compact"])
+@pytest.mark.parametrize("method_name", sorted(METHODS))
+def test_state_dict_roundtrip_continues_identically(method_name, fmt):
+    model, opt, engine = build(method_name, fmt, opt_name="adam")
+    train_steps(model, opt, engine, 0, 30)
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(),
+                           "engine": engine.state_dict()})
+    train_steps(model, opt, engine, 30, 20)
+
+    model2, opt2, engine2 = build(method_name, fmt, opt_name="adam", seed=0)
+    train_steps(model2, opt2, engine2, 0, 3)  # diverge first, so loading must restore all
+    model2.load_state_dict(saved["model"])
+    opt2.load_state_dict(saved["opt"])
+    engine2.load_state_dict(saved["engine"])
+    train_steps(model2, opt2, engine2, 30, 20)
+    assert engine2.step_count == engine.step_count
+    for (n, a), (_, b) in zip(dst.sparse_layers(model), dst.sparse_layers(model2), strict=True):
+        assert torch.equal(a.mask, b.mask), n
+        assert torch.equal(a.dense_weight(), b.dense_weight()), n
+    assert engine2.method.state_dict().keys() == engine.method.state_dict().keys()
+
+
+@pytest.mark.parametrize("method_name", sorted(METHODS))
+def test_same_seed_same_masks_different_seed_different(method_name):
+    runs = []
+    for seed in (0, 0, 1):
+        model, opt, engine = build(method_name, "dense", seed=seed)
+        train_steps(model, opt, engine, 0, 10)
+        runs.append(torch.cat([m.mask.reshape(-1) for _, m in dst.sparse_layers(model)]))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
