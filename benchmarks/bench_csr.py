@@ -3,8 +3,9 @@
 Times one training step of a layer (forward, backward to input, weight/values and bias):
 warm-up, then the median of ``--repeats`` timed steps (``time.perf_counter``, with
 ``torch.cuda.synchronize`` on GPU).  The CSR structure is built once outside the timed region,
-as in training, where it changes only when the mask does.  Prints a markdown table and
-optionally writes a CSV that records the machine and the exact command line.
+as in training, where it changes only when the mask does.  Conv inputs are NCHW unless
+``--channels-last`` (on CPU, NCHW takes csr_conv1x1's copy-free per-sample path).  Prints a
+markdown table and optionally writes a CSV that records the machine and the command line.
 
 Example:
     python benchmarks/bench_csr.py --sizes 2048x2048 --batch 128 \

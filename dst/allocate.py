@@ -46,33 +46,34 @@ def allocate(total: int, weights: Sequence[float], capacity: Sequence[int],
     return grown
 
 
-def sample_free(blocked: Tensor, count: int, gen: torch.Generator) -> Tensor:
+def sample_free(blocked: Tensor, count: int, gen: torch.Generator,
+                n_free: int | None = None) -> Tensor:
     """``count`` distinct flat positions drawn uniformly among those where ``blocked`` is False.
 
-    Draws on the CPU from ``gen``; rejection sampling when free positions are plentiful,
-    a permutation of the free positions otherwise."""
+    Draws on the CPU from ``gen``: rejection sampling when free positions are plentiful (the set
+    of distinct accepted draws is exchangeable, so a random subset of it is uniform), a
+    permutation of the free positions otherwise. ``n_free`` saves a count when known."""
     blocked = blocked.reshape(-1).cpu()
     numel = blocked.numel()
     if count <= 0:
         return torch.empty(0, dtype=torch.long)
-    n_free = numel - int(blocked.sum())
+    if n_free is None:
+        n_free = numel - int(blocked.sum())
     if count > n_free:
         raise ValueError(f"cannot draw {count} positions: only {n_free} free")
     if n_free < 4 * count or numel < 4096:
         free = (~blocked).nonzero().squeeze(1)
         return free[torch.randperm(free.numel(), generator=gen)[:count]]
-    taken = blocked.clone()
-    picked: list[Tensor] = []
-    need = count
-    while need > 0:
-        draws = torch.randint(numel, (int(need * numel / n_free * 1.25) + 32,), generator=gen)
-        draws = draws[~taken[draws]]
-        uniq, inverse = torch.unique(draws, return_inverse=True)
-        first = torch.full((uniq.numel(),), draws.numel(), dtype=torch.long)
-        first.scatter_reduce_(0, inverse, torch.arange(draws.numel()), reduce="amin")
-        new = uniq[first.argsort()][:need]  # distinct, in order of first draw
-        taken[new] = True
-        picked.append(new)
-        need -= new.numel()
-        n_free -= new.numel()
-    return torch.cat(picked)
+    picked = torch.empty(0, dtype=torch.long)
+    while picked.numel() < count:
+        need = count - picked.numel()
+        draws = torch.randint(numel, (int(need * numel / n_free * 1.3) + 64,), generator=gen)
+        draws = draws[~blocked[draws]]
+        small = numel < 2**31  # sorting int32 is about twice as fast
+        draws = torch.unique(draws.int()).long() if small else torch.unique(draws)
+        if picked.numel():
+            draws = draws[~torch.isin(draws, picked)]
+        if draws.numel() > need:
+            draws = draws[torch.randperm(draws.numel(), generator=gen)[:need]]
+        picked = torch.cat([picked, draws])
+    return picked

@@ -18,6 +18,18 @@ from .storage import Change, commit
 _RESIDUE_LAYER = -1  # rng key for the allocation's random residue
 
 
+def smallest(scores: Tensor, k: int) -> Tensor:
+    """Positions of the ``k`` smallest ``scores`` (ties at the cut broken by position)."""
+    if k <= 0:
+        return torch.empty(0, dtype=torch.long, device=scores.device)
+    if k >= scores.numel():
+        return torch.arange(scores.numel(), device=scores.device)
+    kth = torch.kthvalue(scores, k).values
+    below = (scores < kth).nonzero().squeeze(1)
+    ties = (scores == kth).nonzero().squeeze(1)[: k - below.numel()]
+    return torch.cat([below, ties])
+
+
 @dataclass
 class UpdateReport:
     step: int
@@ -126,19 +138,14 @@ class SparseEngine:
         prune_pos = []
         for st, (scores, k) in zip(states, orders, strict=True):
             k = max(0, min(int(k), st.n_active - 1))
-            pos = torch.topk(scores, k, largest=False, sorted=False).indices if k else \
-                torch.empty(0, dtype=torch.long, device=st.active.device)
-            prune_pos.append(pos)
+            prune_pos.append(smallest(scores, k))
         pruned = [int(p.numel()) for p in prune_pos]
         plan = self.method.grow(ctx, pruned)
-        blocked = []
+        regrow = self.method.regrow_pruned
+        blocked, capacity = [], []
         for st, pos in zip(states, prune_pos, strict=True):
-            b = torch.zeros(st.numel, dtype=torch.bool, device=st.active.device)
-            b[st.active] = True
-            if self.method.regrow_pruned:
-                b[st.active.index_select(0, pos)] = False
-            blocked.append(b)
-        capacity = [st.numel - int(b.sum()) for st, b in zip(states, blocked, strict=True)]
+            blocked.append(self._occupied(st, pos if regrow else None))
+            capacity.append(st.numel - st.n_active + (int(pos.numel()) if regrow else 0))
         if plan.weights is None:
             counts = pruned
             short = [i for i, (c, k) in enumerate(zip(capacity, pruned, strict=True)) if k > c]
@@ -147,16 +154,18 @@ class SparseEngine:
             if sum(capacity) < sum(pruned):
                 short = list(range(len(states)))
         for i in short:  # too few free positions: allow regrowing just-pruned ones (still zero)
-            blocked[i][states[i].active.index_select(0, prune_pos[i])] = False
-            capacity[i] = states[i].numel - int(blocked[i].sum())
+            if not regrow:
+                blocked[i] = self._occupied(states[i], prune_pos[i])
+                capacity[i] += int(prune_pos[i].numel())
         if counts is None:
             counts = allocate(sum(pruned), plan.weights, capacity,
                               rng.generator(self.seed, t, _RESIDUE_LAYER))
         changes = []
-        for st, pos, b, g, scores in zip(states, prune_pos, blocked, counts, plan.scores,
-                                         strict=True):
+        for st, pos, b, g, scores, cap in zip(states, prune_pos, blocked, counts, plan.scores,
+                                              capacity, strict=True):
             if scores is None:
-                grown = sample_free(b, g, rng.generator(self.seed, t, st.index))
+                grown = sample_free(b, g, rng.generator(self.seed, t, st.index),
+                                    n_free=cap)
             elif g:
                 s = scores.reshape(-1).to(b.device).masked_fill(b, float("-inf"))
                 grown = torch.topk(s, g, sorted=False).indices
@@ -169,10 +178,24 @@ class SparseEngine:
         names = [st.name for st in states]
         return UpdateReport(
             step=t, pruned=sum(pruned), grown=sum(counts),
-            active={n: m.n_active for n, m in self.layers},
+            active={st.name: st.n_active - k + g for st, k, g in zip(states, pruned, counts,
+                                                                     strict=True)},
             pruned_per_layer=dict(zip(names, pruned, strict=True)),
             grown_per_layer=dict(zip(names, counts, strict=True)),
             method=self.method.state())
+
+    @staticmethod
+    def _occupied(st: LayerState, unblock: Tensor | None) -> Tensor:
+        """Flat bool of positions growth may not use: the active ones before pruning, except
+        the just-pruned positions listed in ``unblock`` (those within ``st.active``)."""
+        layer = st.layer
+        if layer.format == "dense" and unblock is None:
+            return layer.mask.reshape(-1)  # read-only use; the mask is unchanged until commit
+        b = torch.zeros(st.numel, dtype=torch.bool, device=st.active.device)
+        b[st.active] = True
+        if unblock is not None and unblock.numel():
+            b[st.active.index_select(0, unblock)] = False
+        return b
 
     # -- invariants ---------------------------------------------------------------------------
     def check(self) -> None:
@@ -185,8 +208,7 @@ class SparseEngine:
             assert c >= 1, f"layer {name} has no active weight"
             idx = m.active_indices()
             assert idx.numel() == c
-            if idx.numel() > 1:
-                assert bool((idx[1:] > idx[:-1]).all()), f"{name}: indices unsorted or duplicated"
+            assert torch.unique(idx).numel() == c, f"{name}: duplicated indices"
             assert int(idx.min()) >= 0 and int(idx.max()) < m.numel_dense, f"{name}: out of range"
             if m.format == "dense":
                 assert not bool(m.weight.detach()[~m.mask].any()), f"{name}: inactive weight != 0"

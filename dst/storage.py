@@ -1,11 +1,11 @@
 """Storage formats behind the sparse layers.
 
 ``dense``   the torch weight, inactive entries held at exactly zero, plus a bool ``mask`` buffer.
-``compact`` only the active values (in a flat :class:`SparseBank`) plus their sorted flat
-            ``indices``; parameters, gradients and optimizer state grow with the number of
-            non-zeros. The forward materializes one layer's dense weight inside a custom autograd
-            function and drops it; the backward rebuilds it, so no dense weight is kept alive
-            between forward and backward.
+``compact`` only the active values (in a flat :class:`SparseBank`) plus their flat
+            ``indices`` (unique, in slot order, not sorted); parameters, gradients and
+            optimizer state grow with the number of non-zeros. The forward materializes one
+            layer's dense weight inside a custom autograd function and drops it; the backward
+            rebuilds it, so no dense weight is kept alive between forward and backward.
 
 The engine edits masks only through :func:`commit`, which also zeroes the optimizer state of every
 position that changed (dense) or re-packs the bank and every optimizer state tensor of its shape
@@ -196,7 +196,7 @@ def compact_linear(x: Tensor, values: Tensor, bias: Tensor | None, indices: Tens
 # ----------------------------------------------------------------------------- commit
 @dataclass
 class Change:
-    """One layer's edit: ``active`` the sorted flat indices before, ``prune_pos`` positions
+    """One layer's edit: ``active`` the flat indices before, ``prune_pos`` positions
     *within* ``active`` to deactivate, ``grown`` new flat indices (currently inactive)."""
 
     layer: nn.Module
@@ -223,28 +223,45 @@ def _commit_dense(ch: Change, optimizer) -> None:
         flat_fill_(layer.weight, pruned, 0.0)
         flat_fill_(layer.weight, grown, 0.0)
     _zero_state_(optimizer, layer.weight, torch.cat([pruned, grown]))
+    layer.cache_active(_repacked_layer(ch, 0)[0])
+
+
+def _repacked_layer(ch: Change, offset: int) -> tuple[Tensor, Tensor]:
+    """A compact layer's new indices and, per new slot, its old bank slot (-1: grown, zero).
+
+    Grown weights take the slots of pruned ones in place; surplus pruned slots are dropped and
+    surplus grown weights appended, so indices stay unique but are not kept sorted."""
+    n, k, g = ch.active.numel(), ch.prune_pos.numel(), ch.grown.numel()
+    idx = ch.active.clone()
+    src = torch.arange(offset, offset + n, device=idx.device)
+    grown = ch.grown.to(idx.device)
+    reuse = ch.prune_pos[: min(k, g)]
+    idx[reuse] = grown[: reuse.numel()]
+    src[reuse] = -1
+    if k > g:  # drop the pruned slots nobody took
+        keep = torch.ones(n, dtype=torch.bool, device=idx.device)
+        keep[ch.prune_pos[g:]] = False
+        idx, src = idx[keep], src[keep]
+    elif g > k:
+        extra = grown[k:]
+        idx = torch.cat([idx, extra])
+        src = torch.cat([src, torch.full_like(extra, -1)])
+    return idx, src
 
 
 def _commit_bank(bank: SparseBank, changes: dict[int, Change], optimizer) -> None:
     offsets = bank.offsets()
     srcs, new_indices = [], []
     for slot, layer in enumerate(bank._members):
-        n = layer.indices.numel()
         ch = changes.get(slot)
         if ch is None:
+            n = layer.indices.numel()
             srcs.append(torch.arange(offsets[slot], offsets[slot] + n, device=layer.indices.device))
             new_indices.append(layer.indices)
-            continue
-        keep = torch.ones(n, dtype=torch.bool, device=ch.active.device)
-        keep[ch.prune_pos] = False
-        kept_idx = ch.active[keep]
-        kept_src = torch.arange(offsets[slot], offsets[slot] + n, device=keep.device)[keep]
-        grown = ch.grown.to(kept_idx.device)
-        idx = torch.cat([kept_idx, grown])
-        src = torch.cat([kept_src, torch.full_like(grown, -1)])
-        order = torch.argsort(idx)
-        new_indices.append(idx[order])
-        srcs.append(src[order])
+        else:
+            idx, src = _repacked_layer(ch, offsets[slot])
+            new_indices.append(idx)
+            srcs.append(src)
     src = torch.cat(srcs).to(bank.values.device)
     if src.numel() != bank.values.numel():
         raise RuntimeError(f"re-pack changes the compact budget ({bank.values.numel()} -> "
@@ -253,8 +270,7 @@ def _commit_bank(bank: SparseBank, changes: dict[int, Change], optimizer) -> Non
     gather = src.clamp(min=0)
 
     def repack_(t: Tensor) -> None:
-        t.copy_(torch.where(valid, t.index_select(0, gather), torch.zeros((), dtype=t.dtype,
-                                                                           device=t.device)))
+        t.copy_(t.index_select(0, gather).masked_fill_(~valid, 0))
 
     with torch.no_grad():
         repack_(bank.values.data)

@@ -142,9 +142,10 @@ def test_bad_overrides_exit_nonzero_with_a_clear_line(args, expected, tmp_path):
 
 
 def test_ddp_two_gloo_processes_end_bit_identical(tmp_path):
-    args = [*QUICK, "data.n_train=256", "sparsity=rigl", "trainer.epochs=2", "sparsity.schedule.unit=step",
-            "sparsity.schedule.period=[[0,1]]", "sparsity.schedule.stop=null",
-            "sparsity.method.decay=constant", "trainer.device=cpu", "trainer.debug_checks=true"]
+    args = [*QUICK, "data.n_train=256", "sparsity=rigl", "trainer.epochs=2",
+            "sparsity.schedule.unit=step", "sparsity.schedule.period=[[0,1]]",
+            "sparsity.schedule.stop=null", "sparsity.method.decay=constant", "trainer.device=cpu",
+            "trainer.debug_checks=true"]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                         "--nproc_per_node=2", "-m", "dst.train", *args,
                         f"hydra.run.dir={tmp_path}"], capture_output=True, text=True,

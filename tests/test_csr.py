@@ -143,7 +143,11 @@ def test_linear_matches_dense(x_shape, bias):
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_conv1x1_matches_dense(stride, channels_last):
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_conv1x1_matches_dense(stride, channels_last, per_sample, monkeypatch):
+    from dst.kernels import csr
+
+    monkeypatch.setattr(csr, "_per_sample_path", lambda x: per_sample)  # False: the CUDA route
     mask, weight, s, values, b = _setup(8, 12)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(2, 12, 7, 6).to(memory_format=fmt).requires_grad_(True)

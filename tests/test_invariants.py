@@ -34,7 +34,10 @@ def opt_state_at(opt, layer, flat_idx):
         param, pos = layer.weight, flat_idx
     else:
         param = layer._bank.values
-        local = torch.searchsorted(layer.indices, flat_idx)
+        slot_of = torch.full((layer.numel_dense,), -1, dtype=torch.long)
+        slot_of[layer.indices] = torch.arange(layer.indices.numel())
+        local = slot_of[flat_idx]
+        assert bool((local >= 0).all())
         pos = local + layer._bank.offsets()[layer._bank_slot]
     out = []
     for v in opt.state.get(param, {}).values():

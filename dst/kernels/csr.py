@@ -11,8 +11,9 @@ backward; nothing is re-transposed per step.
 Dtypes: float32 and float64 are computed natively on CPU and CUDA.  float16 / bfloat16 (plain
 inputs or an autocast region) are computed in float32 and cast back to the low-precision dtype,
 on CPU (MKL has no half kernels) and on CUDA alike (PyTorch's CUDA ``sampled_addmm`` only
-dispatches float/double, and its half SpMM uses a half compute type).  Under autocast the
-output has the autocast dtype, like ``F.linear``; float64 is left alone.
+dispatches float/double; its half SpMM asks cuSPARSE for a half compute type and has not been
+checked on a GPU here).  Under autocast the output has the autocast dtype, like ``F.linear``;
+float64 is left alone.
 """
 
 from __future__ import annotations
@@ -84,19 +85,10 @@ class CSRStructure:
             raise ValueError(f"index_dtype must be int32 or int64, got {index_dtype}")
         row_idx = torch.div(flat, cols, rounding_mode="floor") if cols else flat
         col_idx = flat - row_idx * cols
-        crow = _offsets(row_idx, rows)
         # W^T in CSR = entries sorted by (col, row); keys are unique, so argsort is exact.
         perm = torch.argsort(col_idx * rows + row_idx)
-        t_crow = _offsets(col_idx, cols)
-        return cls(
-            shape=(rows, cols),
-            crow_indices=crow.to(index_dtype),
-            col_indices=col_idx.to(index_dtype),
-            t_crow_indices=t_crow.to(index_dtype),
-            t_col_indices=row_idx.index_select(0, perm).to(index_dtype),
-            perm=perm,
-            flat_indices=flat,
-        )
+        idx = (_offsets(row_idx, rows), col_idx, _offsets(col_idx, cols), row_idx[perm])
+        return cls((rows, cols), *(t.to(index_dtype) for t in idx), perm, flat)
 
     @property
     def nnz(self) -> int:
@@ -169,13 +161,12 @@ def _sddmm(s: CSRStructure, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
-    if a.type != b.type:
-        return False
-    if a.type == "cuda":
-        ia = a.index if a.index is not None else torch.cuda.current_device()
-        ib = b.index if b.index is not None else torch.cuda.current_device()
-        return ia == ib
-    return True
+    if a.type != "cuda" or b.type != "cuda":
+        return a.type == b.type
+    current = torch.cuda.current_device
+    return (current() if a.index is None else a.index) == (
+        current() if b.index is None else b.index
+    )
 
 
 class CSRCache:
@@ -291,6 +282,11 @@ class CSRLinearFunction(torch.autograd.Function):
         return grad_x, grad_values, None, grad_bias
 
 
+def _finish(y: torch.Tensor, dtype: torch.dtype, fmt: torch.memory_format) -> torch.Tensor:
+    """``y`` as ``dtype``, contiguous in ``fmt``, with at most one copy."""
+    return y.contiguous(memory_format=fmt) if y.dtype == dtype else y.to(dtype, memory_format=fmt)
+
+
 def _check(features: int, device, values: torch.Tensor, structure: CSRStructure, bias) -> None:
     rows, cols = structure.shape
     if values.dim() != 1 or values.numel() != structure.nnz:
@@ -326,7 +322,7 @@ def csr_linear(
     x2d = x.reshape(-1, cols).to(compute)
     b = bias.to(compute) if bias is not None else None
     y = CSRLinearFunction.apply(x2d, values.to(compute), structure, b)
-    return y.to(out_dtype).contiguous().reshape(*lead, rows)
+    return _finish(y, out_dtype, torch.contiguous_format).reshape(*lead, rows)
 
 
 class _CSRConv1x1NCHW(torch.autograd.Function):
@@ -385,6 +381,11 @@ class _CSRConv1x1NCHW(torch.autograd.Function):
         return grad_x, grad_values, None, grad_bias
 
 
+def _per_sample_path(x: torch.Tensor) -> bool:
+    """Whether contiguous-NCHW 1x1 convs use the per-sample path (CPU) or feature-major."""
+    return x.device.type == "cpu"
+
+
 def csr_conv1x1(
     x: torch.Tensor,
     values: torch.Tensor,
@@ -396,9 +397,9 @@ def csr_conv1x1(
 
     ``structure`` is built from the (out, in[, 1, 1]) weight mask; stride is applied by
     slicing.  The output is contiguous in the input's memory format.  Contiguous NCHW input on
-    CPU takes a per-sample path with no layout copies; channels_last input (and CUDA, where
-    one large cuSPARSE call beats a per-sample loop) is laid out feature-major as (C, N*H*W)
-    (one copy), multiplied by :class:`CSRLinearFunction` and copied back (one copy).  Dtype
+    CPU takes a per-sample path with no layout copies; channels_last input and CUDA (one
+    cuSPARSE call rather than N small ones) are laid out feature-major as (C, N*H*W) (one
+    copy), multiplied by :class:`CSRLinearFunction` and copied back (one copy).  Dtype
     handling as in :func:`csr_linear`.
     """
     if x.dim() != 4:
@@ -412,7 +413,7 @@ def csr_conv1x1(
     out_dtype, compute = _resolve_dtypes(x, values)
     v = values.to(compute)
     b = bias.to(compute) if bias is not None else None
-    if x.device.type == "cpu" and not channels_last:
+    if not channels_last and _per_sample_path(x):
         y = _CSRConv1x1NCHW.apply(x.to(compute).contiguous(), v, structure, b)
         return y.to(out_dtype)
     # (C, N*H*W): copied here for NCHW input; a column-major view for channels_last, which
@@ -421,4 +422,4 @@ def csr_conv1x1(
     y = CSRLinearFunction.apply(xt.t(), v, structure, b)
     yt = y.t().reshape(structure.shape[0], n, h, w).transpose(0, 1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return yt.to(out_dtype).contiguous(memory_format=fmt)
+    return _finish(yt, out_dtype, fmt)

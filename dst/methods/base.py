@@ -28,7 +28,7 @@ class LayerState:
     index: int
     name: str
     layer: nn.Module
-    active: Tensor  # sorted flat indices of active weights
+    active: Tensor  # flat indices of active weights (unique; sorted for dense layers)
     values: Tensor  # their values, same order (detached)
     numel: int
     dense_grad: Tensor | None = None  # flat gradient w.r.t. the full weight, when captured
