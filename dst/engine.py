@@ -74,6 +74,10 @@ class SparseEngine:
         self.check_invariants = check
         self.step_count = 0
         banks = {id(m._bank) for _, m in self.layers if m.format == "compact"}
+        if method.shrinks and banks:
+            raise ValueError(f"{type(method).__name__} removes weights for good and the compact "
+                             "format keeps a fixed-size bank: use format='dense' (a pruning run "
+                             "starts dense anyway)")
         if method.reallocates and len(banks) > 1:
             raise ValueError(f"{type(method).__name__} moves weights between layers, but the "
                              "compact layers hold separate banks: build them with "
@@ -90,6 +94,11 @@ class SparseEngine:
         if self.stop_step is not None and step >= self.stop_step:
             return False
         return self.schedule.is_update(step)
+
+    def _last_update(self) -> int | None:
+        if self.stop_step is None:
+            return None
+        return self.schedule.last_update_before(self.stop_step)
 
     def _arm(self, next_step: int) -> None:
         mode = self.method.dense_grad
@@ -133,7 +142,8 @@ class SparseEngine:
             active = m.active_indices()
             states.append(LayerState(i, name, m, active, m.active_values(active).detach(),
                                      m.numel_dense, None if grads is None else grads[i]))
-        ctx = UpdateContext(t, self.stop_step, self.budget, self.seed, states)
+        ctx = UpdateContext(t, self.stop_step, self.budget, self.seed, states,
+                            self._last_update())
         orders = self.method.prune(ctx)
         prune_pos = []
         for st, (scores, k) in zip(states, orders, strict=True):
@@ -146,7 +156,9 @@ class SparseEngine:
         for st, pos in zip(states, prune_pos, strict=True):
             blocked.append(self._occupied(st, pos if regrow else None))
             capacity.append(st.numel - st.n_active + (int(pos.numel()) if regrow else 0))
-        if plan.weights is None:
+        if self.method.shrinks:
+            counts, short = [0] * len(states), []
+        elif plan.weights is None:
             counts = pruned
             short = [i for i, (c, k) in enumerate(zip(capacity, pruned, strict=True)) if k > c]
         else:
@@ -173,6 +185,9 @@ class SparseEngine:
                 grown = torch.empty(0, dtype=torch.long)
             changes.append(Change(st.layer, st.active, pos, grown.to(st.active.device)))
         commit(changes, self.optimizer)
+        if self.method.shrinks:
+            self.layer_budget = [st.n_active - k for st, k in zip(states, pruned, strict=True)]
+            self.budget = sum(self.layer_budget)
         if self.check_invariants:
             self.check()
         names = [st.name for st in states]

@@ -46,6 +46,16 @@ class PeriodSchedule:
     def is_update(self, step: int) -> bool:
         return step > 0 and step % self.period(step) == 0
 
+    def last_update_before(self, stop: int) -> int | None:
+        """The last update step < ``stop`` (None if there is none)."""
+        bounds = [m[0] for m in self.milestones[1:]] + [stop]
+        for (start, period), end in reversed(list(zip(self.milestones, bounds, strict=True))):
+            end = min(end, stop)
+            t = ((end - 1) // period) * period  # largest multiple of period below end
+            if t >= max(start, 1):
+                return t
+        return None
+
     def __repr__(self) -> str:
         return f"PeriodSchedule({self.milestones})"
 

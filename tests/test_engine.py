@@ -4,7 +4,7 @@ from helpers import TinyNet, batch, train_steps
 
 import dst
 from dst import PeriodSchedule
-from dst.methods import DSR, SET, SNFS, RigL, Static
+from dst.methods import DSR, GMP, SET, SNFS, RigL, Static
 
 
 def make(method, fmt="dense", **kw):
@@ -143,3 +143,32 @@ def test_user_loop_from_the_readme():
     engine = dst.SparseEngine(model, opt, dst.methods.DSR(prune_target=0.1), update_every=100)
     reports = train_steps(model, opt, engine, 0, 200)
     assert [r.step for r in reports if r] == [100, 200]
+
+
+def test_last_update_before_stop():
+    s = PeriodSchedule([(0, 10), (35, 7), (60, 25)])
+    assert s.last_update_before(100) == 75 and s.last_update_before(35) == 30
+    assert PeriodSchedule([(0, 50)]).last_update_before(40) is None
+    for stop in range(1, 130):
+        updates = [t for t in range(1, stop) if s.is_update(t)]
+        assert s.last_update_before(stop) == (updates[-1] if updates else None), stop
+
+
+def test_gmp_prunes_on_the_cubic_schedule_and_reaches_the_target():
+    torch.manual_seed(0)
+    model = TinyNet()
+    dst.sparsify_(model, 1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    engine = dst.SparseEngine(model, opt, GMP(final_density=0.1), update_every=3, stop_step=31,
+                              check=True)
+    pool = sum(m.numel_dense for _, m in dst.sparse_layers(model))
+    history = {r.step: sum(r.active.values()) for r in train_steps(model, opt, engine, 0, 40)
+               if r is not None}
+    assert max(history) == 30  # the last update before stop_step
+    assert history[30] == engine.budget == dst.distributions.budget_for(0.1, [
+        m.numel_dense for _, m in dst.sparse_layers(model)])
+    values = [history[t] for t in sorted(history)]
+    assert values == sorted(values, reverse=True)
+    t = 15  # cubic: d_t = d_f + (1 - d_f)(1 - t/T)^3, per layer
+    expected = 0.1 + 0.9 * (1 - t / 30) ** 3
+    assert abs(history[t] / pool - expected) < 0.01

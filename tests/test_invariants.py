@@ -19,6 +19,14 @@ STEPS, STOP = 200, 10_000
 
 
 def build(method_name, fmt, opt_name="sgd_nesterov", seed=0):
+    if METHODS[method_name].shrinks and fmt == "compact":
+        with pytest.raises(ValueError, match="use format='dense'"):
+            _build(method_name, fmt, opt_name, seed)
+        pytest.skip(f"{method_name} prunes for good: dense format only (error checked)")
+    return _build(method_name, fmt, opt_name, seed)
+
+
+def _build(method_name, fmt, opt_name, seed):
     torch.manual_seed(0)
     model = TinyNet()
     dst.sparsify_(model, 0.3, format=fmt, seed=seed)
@@ -60,7 +68,10 @@ def test_invariants_over_hundreds_of_updates(method_name, fmt):
         nonlocal n_updates, n_grown
         counts = [m.n_active for _, m in layers]
         assert sum(counts) == engine.budget
-        if not engine.method.reallocates:
+        if engine.method.shrinks:  # pruning-only methods: the budget never rises
+            assert counts == engine.layer_budget and all(
+                c <= b for c, b in zip(counts, budget0, strict=True))
+        elif not engine.method.reallocates:
             assert counts == budget0
         for name, m in layers:
             idx = m.active_indices()
@@ -78,13 +89,17 @@ def test_invariants_over_hundreds_of_updates(method_name, fmt):
             prev[name] = m.mask.clone()
         if report is not None:
             n_updates += 1
-            assert report.pruned == report.grown
+            if engine.method.shrinks:
+                assert report.grown == 0 and sum(report.active.values()) == engine.budget
+            else:
+                assert report.pruned == report.grown
             assert sum(report.active.values()) == engine.budget
 
     # grown weights are checked right after the update step, before any optimizer step
     train_steps(model, opt, engine, 0, STEPS, on_step=check)
     if engine.method.changes_masks:
-        assert n_updates == STEPS and n_grown > 0
+        assert n_updates == STEPS
+        assert n_grown > 0 or engine.method.shrinks
     engine.check()
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from .base import GrowPlan, LayerState, Method, UpdateContext
 from .dsr import DSR
+from .gmp import GMP
 from .rigl import RigL
 from .set import SET
 from .snfs import SNFS
 from .static import Static
 
 METHODS: dict[str, type[Method]] = {
-    "dsr": DSR, "set": SET, "rigl": RigL, "snfs": SNFS, "static": Static,
+    "dsr": DSR, "set": SET, "rigl": RigL, "snfs": SNFS, "static": Static, "gmp": GMP,
 }
 
 
@@ -21,5 +22,5 @@ def build_method(name: str, **kwargs) -> Method:
     return METHODS[name](**kwargs)
 
 
-__all__ = ["DSR", "METHODS", "RigL", "SET", "SNFS", "GrowPlan", "LayerState", "Method",
+__all__ = ["DSR", "GMP", "METHODS", "RigL", "SET", "SNFS", "GrowPlan", "LayerState", "Method",
            "Static", "UpdateContext", "build_method"]

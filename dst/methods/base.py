@@ -9,6 +9,8 @@ One signature per role:
   first) or ``None`` for uniform random growth; and optionally per-layer ``weights`` to share the
   pruned total across layers in proportion (reallocating methods). Without weights each layer
   regrows exactly what it pruned.
+* A method with ``shrinks = True`` (gradual magnitude pruning) only prunes; the engine's budget
+  follows it down.
 * ``observe(step, grads)``: called every step with dense gradients when ``dense_grad ==
   "always"`` (e.g. to keep a momentum of them).
 """
@@ -45,6 +47,7 @@ class UpdateContext:
     budget: int
     seed: int
     layers: list[LayerState] = field(default_factory=list)
+    last_update: int | None = None  # the last update step before stop_step (None: no stop)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Method:
     dense_grad = "never"  # "never" | "update" (on update steps) | "always" (every step)
     regrow_pruned = False  # may a weight pruned in this update be grown again at once?
     changes_masks = True
+    shrinks = False  # prunes without regrowing: the budget falls (gradual magnitude pruning)
 
     def observe(self, step: int, grads: list[Tensor]) -> None:
         """Per-step hook (only called when ``dense_grad == "always"``)."""
