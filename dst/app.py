@@ -20,7 +20,7 @@ from ._checks import check_choice, check_density
 from .engine import SparseEngine
 from .runlog import RunLog
 from .schedules import PeriodSchedule
-from .summary import model_summary, param_counts
+from .summary import layer_backends, model_summary, param_counts
 from .trainer import (
     AMP_MODES,
     CheckpointError,
@@ -157,7 +157,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     model = build(cfg.model, num_classes=data.num_classes)
     if s.name != "dense":
         convert.sparsify_(model, s.density, distribution=s.distribution,
-                          filter_fn=_filter(model, s.filter), format=s.format, seed=cfg.seed)
+                          filter_fn=_filter(model, s.filter), format=s.format, seed=cfg.seed,
+                          backend=s.get("backend", "dense"))
     model.to(device=device, memory_format=mem)
     optimizer = build(cfg.optim.optimizer)(model.parameters())
     scheduler = build_scheduler(optimizer, cfg.optim.scheduler, t.epochs)
@@ -276,6 +277,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "wall_time": wall0 + time.time() - t_start, **totals,
         **param_counts(model),
         "final_layer_density": {n: m.density for n, m in convert.sparse_layers(model)},
+        "backends": layer_backends(model),
         "method_state": engine.method.state() if engine is not None else {},
         "engine_steps": engine.step_count if engine is not None else 0,
     }

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from . import rng
 from ._checks import DISTRIBUTIONS, FORMATS, check_choice, check_density
 from .distributions import layer_counts
+from .kernels.backends import BACKENDS, csr_eligible
 from .layers import SPARSE_LAYERS, SparseConv2d, SparseLinear, random_mask
 from .storage import SparseBank, flat_get
 
@@ -51,14 +52,17 @@ def share_bank_(model: nn.Module) -> SparseBank | None:
 
 def sparsify_(model: nn.Module, density: float, *, distribution: str = "uniform",
               filter_fn: FilterFn | None = None, format: str = "dense",
-              seed: int = 0) -> list[tuple[str, nn.Module]]:
+              seed: int = 0, backend: str = "dense") -> list[tuple[str, nn.Module]]:
     """Replace the ``nn.Conv2d``/``nn.Linear`` layers selected by ``filter_fn`` with sparse ones
     holding exactly ``round(density * pool size)`` active weights in all, distributed
     ``"uniform"``ly or by ``"erk"``. Masks are drawn from generators keyed by (seed, layer).
-    Returns the ``(name, layer)`` pairs made sparse."""
+    ``backend`` is ``"dense"``, ``"csr"`` or ``"auto"`` (per layer: layers the CSR kernels cannot
+    serve fall back to dense under ``"csr"`` too). Returns the ``(name, layer)`` pairs made
+    sparse."""
     density = check_density(density)
     check_choice(distribution, DISTRIBUTIONS, "distribution")
     check_choice(format, FORMATS, "format")
+    check_choice(backend, BACKENDS, "backend")
     root = _unwrap(model)
     if isinstance(root, SPARSE_LAYERS):
         raise ValueError("sparsify_ works on a model holding layers; for one layer use "
@@ -85,6 +89,7 @@ def sparsify_(model: nn.Module, density: float, *, distribution: str = "uniform"
         cls = SparseConv2d if isinstance(m, nn.Conv2d) else SparseLinear
         mask = random_mask(tuple(m.weight.shape), n, rng.generator(seed, 0, i))
         sparse = cls.from_dense(m, n / m.weight.numel(), format=format, mask=mask)
+        sparse.set_backend(backend if backend != "csr" or csr_eligible(sparse) else "dense")
         _set_submodule(root, name, sparse)
         made.append((name, sparse))
     if format == "compact":

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import FORMATS, check_choice, check_density
+from .kernels.backends import BACKENDS, choose, csr_eligible, csr_forward
 from .storage import SparseBank, compact_conv2d, compact_linear, flat_get, materialize
 
 
@@ -39,9 +40,10 @@ class SparseMixin:
 
     # -- set-up ---------------------------------------------------------------------------
     def _setup_sparse(self, density: float, format: str, mask: Tensor | None,
-                      generator: torch.Generator | None) -> None:
+                      generator: torch.Generator | None, backend: str = "dense") -> None:
         density = check_density(density)
         check_choice(format, FORMATS, "format")
+        self.set_backend(backend)
         shape = tuple(self.weight.shape)
         if mask is None:
             mask = random_mask(shape, count_for(density, self.weight.numel()), generator)
@@ -60,6 +62,17 @@ class SparseMixin:
                 self.register_buffer("indices", idx)
                 self.values = nn.Parameter(values)
                 SparseBank(self, "values", [self])
+
+    def set_backend(self, backend: str) -> None:
+        """``"dense"`` (masked dense kernels), ``"csr"`` (sparse kernels; Linear and 1x1 convs)
+        or ``"auto"`` (timed per layer on the real input; CSR only where >= 15 % faster)."""
+        check_choice(backend, BACKENDS, "backend")
+        if backend == "csr" and not csr_eligible(self):
+            raise ValueError("backend='csr' serves Linear layers and 1x1 convs with groups=1 "
+                             f"and no padding; use 'auto' or 'dense' for this "
+                             f"{type(self).__name__} (kernel {getattr(self, 'kernel_size', '')})")
+        self.backend = backend
+        self.backend_used = "dense"
 
     @staticmethod
     def _check_mask(mask: Tensor, shape) -> Tensor:
@@ -208,7 +221,7 @@ class SparseMixin:
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, density={self.density:.4f}, "
-                f"n_active={self.n_active}, format={self.format}")
+                f"n_active={self.n_active}, format={self.format}, backend={self.backend}")
 
     def to_dense(self) -> nn.Module:
         """A plain torch layer with the same outputs (inactive weights are zeros)."""
@@ -221,7 +234,8 @@ class SparseMixin:
 
     @classmethod
     def from_dense(cls, module: nn.Module, density: float = 1.0, *, format: str = "dense",
-                   mask: Tensor | None = None, generator: torch.Generator | None = None):
+                   mask: Tensor | None = None, generator: torch.Generator | None = None,
+                   backend: str = "dense"):
         """A sparse copy of a torch layer keeping its weights at the active positions."""
         if not isinstance(module, cls._torch_cls):
             raise TypeError(f"{cls.__name__}.from_dense expects a {cls._torch_cls.__name__}, "
@@ -232,8 +246,15 @@ class SparseMixin:
         if module.bias is not None:
             probe.bias = nn.Parameter(module.bias.detach().clone())
         probe.train(module.training)
-        probe._setup_sparse(density, format, mask, generator)
+        probe._setup_sparse(density, format, mask, generator, backend)
         return probe
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.backend != "dense" and not self._capture_grad:
+            self.backend_used = choose(self, x)
+            if self.backend_used == "csr":
+                return csr_forward(self, x)
+        return self._dense_forward(x)
 
 
 class SparseConv2d(SparseMixin, nn.Conv2d):
@@ -243,10 +264,10 @@ class SparseConv2d(SparseMixin, nn.Conv2d):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", device=None, dtype=None, *,
                  density: float = 1.0, format: str = "dense", mask: Tensor | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, backend: str = "dense"):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, padding_mode, device, dtype)
-        self._setup_sparse(density, format, mask, generator)
+        self._setup_sparse(density, format, mask, generator, backend)
 
     _torch_cls = nn.Conv2d
 
@@ -257,7 +278,7 @@ class SparseConv2d(SparseMixin, nn.Conv2d):
                     dilation=m.dilation, groups=m.groups, bias=m.bias is not None,
                     padding_mode=m.padding_mode)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _dense_forward(self, x: Tensor) -> Tensor:
         if self.format == "dense":
             return self._conv_forward(x, self._effective_weight(), self.bias)
         padding = self.padding
@@ -286,9 +307,9 @@ class SparseLinear(SparseMixin, nn.Linear):
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
                  density: float = 1.0, format: str = "dense", mask: Tensor | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, backend: str = "dense"):
         super().__init__(in_features, out_features, bias, device, dtype)
-        self._setup_sparse(density, format, mask, generator)
+        self._setup_sparse(density, format, mask, generator, backend)
 
     _torch_cls = nn.Linear
 
@@ -297,7 +318,7 @@ class SparseLinear(SparseMixin, nn.Linear):
         return dict(in_features=m.in_features, out_features=m.out_features,
                     bias=m.bias is not None)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _dense_forward(self, x: Tensor) -> Tensor:
         if self.format == "dense":
             return F.linear(x, self._effective_weight(), self.bias)
         return compact_linear(x, self.active_values(), self.bias, self.indices,

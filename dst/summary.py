@@ -26,12 +26,15 @@ def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[str, 
     """Return (a printable table, a dict of totals incl. MACs per image, dense vs sparse)."""
     model = _unwrap(model)
     sparse = dict(sparse_layers(model))
-    lines = [f"{'layer':<34} {'shape':<22} {'size':>10} {'active':>10} {'density':>8}  kind"]
+    lines = [f"{'layer':<34} {'shape':<22} {'size':>10} {'active':>10} {'density':>8}  "
+             "kind (backend)"]
     for name, m in model.named_modules():
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             continue
         if name in sparse:
-            shape, size, n, kind = m.weight_shape, m.numel_dense, m.n_active, f"sparse/{m.format}"
+            shape, size, n = m.weight_shape, m.numel_dense, m.n_active
+            used = m.backend if m.backend != "auto" else f"auto->{m.backend_used}"
+            kind = f"sparse/{m.format} ({used})"
         else:
             shape, size, kind = tuple(m.weight.shape), m.weight.numel(), "dense"
             n = size
@@ -51,3 +54,8 @@ def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[str, 
         f"{totals['pool_size']:,} = {totals['pool_density']:.4f})")
     lines.append(f"MACs per image: sparse {fs:,} vs dense {fd:,} ({totals['flops_ratio']:.3f}x)")
     return "\n".join(lines), totals
+
+
+def layer_backends(model: nn.Module) -> dict[str, str]:
+    """The backend each sparse layer ran on its last forward (after autotuning)."""
+    return {n: m.backend_used for n, m in sparse_layers(model)}

@@ -1,0 +1,123 @@
+"""Per-layer compute backends: ``dense`` (masked dense kernels), ``csr`` (sparse kernels) and
+``auto`` (time both on the real input the first time a shape is seen, and again after a mask
+update moved the layer's density by more than ``RETUNE_RATIO``; switch to CSR only for a
+>= ``MIN_GAIN`` speed-up; decisions cached across identical layers)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import Tensor, nn
+
+from ..storage import flat_get
+from .csr import CSRStructure, csr_conv1x1, csr_linear
+
+BACKENDS = ("dense", "csr", "auto")
+MIN_GAIN = 0.15  # csr must be at least 15 % faster than dense
+RETUNE_RATIO = 1.25  # re-time after the density changed by more than 25 % (either way)
+WARMUP, REPEATS = 2, 5
+_DECISIONS: dict[tuple, tuple[str, float, float]] = {}
+
+
+def csr_eligible(layer: nn.Module) -> bool:
+    """Linear layers, and 1x1 convs with groups=1 and no padding (any stride)."""
+    if isinstance(layer, nn.Linear):
+        return True
+    k, p = tuple(layer.kernel_size), layer.padding
+    no_pad = p == "valid" or (not isinstance(p, str) and tuple(p) == (0, 0))
+    return k == (1, 1) and layer.groups == 1 and no_pad
+
+
+def clear_decisions() -> None:
+    _DECISIONS.clear()
+
+
+# ----------------------------------------------------------------------------- csr routing
+def _structure(layer) -> tuple[CSRStructure, Tensor | None]:
+    """The layer's CSR structure (rebuilt only when its mask changed) and, for compact layers,
+    the permutation from bank-slot order to the structure's sorted order."""
+    if layer.format == "dense":
+        key = layer._mask_key()
+    else:
+        idx = layer.indices
+        key = (idx.data_ptr(), idx._version, idx.numel(), idx.device)
+    cached = layer.__dict__.get("_csr_cache")
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    out = layer.weight_shape[0]
+    mask2d = layer.mask.reshape(out, -1)
+    struct = CSRStructure.from_mask(mask2d)
+    perm = None if layer.format == "dense" else torch.argsort(layer.indices)
+    layer.__dict__["_csr_cache"] = (key, struct, perm)
+    return struct, perm
+
+
+def csr_forward(layer, x: Tensor) -> Tensor:
+    struct, perm = _structure(layer)
+    if layer.format == "dense":
+        values = flat_get(layer.weight, struct.flat_indices)  # grads reach the weight
+    else:
+        values = layer.active_values().index_select(0, perm)
+    if isinstance(layer, nn.Linear):
+        return csr_linear(x, values, struct, layer.bias)
+    return csr_conv1x1(x, values, struct, layer.bias, stride=tuple(layer.stride))
+
+
+# ----------------------------------------------------------------------------- autotune
+def _time_fwd_bwd(fn, x: Tensor, params: list[Tensor]) -> float:
+    """Median time of ``fn`` forward + backward (forward only when autograd is off)."""
+    backward = torch.is_grad_enabled()
+    xt = x.detach().requires_grad_(backward and x.is_floating_point())
+    inputs = [xt] + [p for p in params if p.requires_grad]
+    sync = x.device.type == "cuda"
+    times = []
+    for i in range(WARMUP + REPEATS):
+        if sync:
+            torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
+        out = fn(xt)
+        if backward:
+            torch.autograd.grad(out.float().sum(), inputs)  # returned, never accumulated
+        if sync:
+            torch.cuda.synchronize(x.device)
+        if i >= WARMUP:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _input_key(layer, x: Tensor) -> tuple:
+    dev = x.device.type
+    amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+    cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last)
+    return (type(layer).__name__, tuple(layer.weight_shape), tuple(getattr(layer, "stride", ())),
+            tuple(x.shape), x.dtype, str(x.device), amp, cl, layer.format,
+            torch.is_grad_enabled())
+
+
+def choose(layer, x: Tensor) -> str:
+    """The backend this forward should use ('dense' or 'csr')."""
+    if layer.backend == "csr":
+        return "csr"
+    if layer.backend == "dense" or not csr_eligible(layer):
+        return "dense"
+    density = layer.density
+    key = _input_key(layer, x)
+    tuned = layer.__dict__.setdefault("_tuned", {})
+    seen = tuned.get(key)
+    if seen is not None and 1 / RETUNE_RATIO <= density / seen[0] <= RETUNE_RATIO:
+        return seen[1]
+    gkey = (*key, round(density, 3))
+    if gkey not in _DECISIONS:
+        params = [layer.weight if layer.format == "dense" else layer._bank.values]
+        if layer.bias is not None:
+            params.append(layer.bias)
+        t_dense = _time_fwd_bwd(layer._dense_forward, x, params)
+        t_csr = _time_fwd_bwd(lambda z: csr_forward(layer, z), x, params)
+        pick = "csr" if t_csr <= (1 - MIN_GAIN) * t_dense else "dense"
+        _DECISIONS[gkey] = (pick, t_dense, t_csr)
+    pick, t_dense, t_csr = _DECISIONS[gkey]
+    tuned[key] = (density, pick, t_dense, t_csr)
+    return pick
