@@ -122,6 +122,36 @@ def set_masks_(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
         bank.replace_values(torch.cat([v for _, v in parts]).clone())
 
 
+def load_dense_weights_(model: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
+    """Load a *dense* model's state_dict (e.g. a trained dense run) into a model whose layers
+    may be sparse: sparse layers take the weights at their active positions. Returns the names
+    of model entries the state did not provide."""
+    root = _unwrap(model)
+    sparse = dict(sparse_layers(root))
+    own = root.state_dict()
+    missing = []
+    with torch.no_grad():
+        for name, layer in sparse.items():
+            w = state.get(f"{name}.weight")
+            if w is None:
+                missing.append(f"{name}.weight")
+                continue
+            w = w.to(layer.active_indices().device).reshape(layer.weight_shape)
+            if layer.format == "dense":
+                layer.weight.copy_(w * layer.mask)
+            else:
+                layer.active_values().copy_(flat_get(w, layer.indices))
+        skip = {f"{n}.{k}" for n in sparse for k in ("weight", "mask", "indices", "values")}
+        for key, t in own.items():
+            if key in skip or key == BANK_NAME:
+                continue
+            if key in state:
+                t.copy_(state[key])
+            else:
+                missing.append(key)
+    return missing
+
+
 def densify_(model: nn.Module) -> list[str]:
     """Replace every sparse layer with its plain torch twin (same outputs); returns the names."""
     root = _unwrap(model)

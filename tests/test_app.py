@@ -155,3 +155,56 @@ def test_ddp_two_gloo_processes_end_bit_identical(tmp_path):
     fps = s["replica_fingerprints"]
     assert len(fps) == 2 and fps[0] == fps[1]
     assert s["engine_steps"] == 2 * 4  # 256 images / 2 ranks / batch 32 = 4 steps per epoch
+
+
+def _short(cfg):
+    if cfg.sparsity.schedule is not None:
+        cfg.sparsity.schedule.unit = "step"
+        cfg.sparsity.schedule.period = [[0, 1]]
+        cfg.sparsity.schedule.stop = 5
+    return cfg
+
+
+@pytest.mark.parametrize("name", ["snip", "thin_dense", "gmp"])
+def test_baseline_presets_train(name, tmp_path):
+    summary = run(_short(cfg_of([*QUICK, f"sparsity={name}", "trainer.epochs=2",
+                                 "trainer.debug_checks=true"])), tmp_path)
+    assert summary["finished"] and summary["method"] == name
+    if name == "thin_dense":
+        thin = summary["thin"]
+        assert abs(thin["params"] - thin["target_params"]) <= 0.05 * thin["target_params"]
+        assert summary["params_dense"] == thin["params"]
+    else:  # snip: exact budget from the start; gmp: reaches it at its last update (step 4)
+        assert summary["pool_density"] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_static_from_mask_reproduces_the_source_masks(tmp_path):
+    src = tmp_path / "dsr"
+    run(_short(cfg_of([*QUICK, "sparsity=dsr", "trainer.epochs=1"])), src)
+    dst_dir = tmp_path / "static"
+    for init in ("fresh", "original"):
+        run(cfg_of([*QUICK, "sparsity=static_from_mask", f"sparsity.init.source={src}",
+                    f"sparsity.init.init={init}", "trainer.epochs=1"]), dst_dir / init)
+        a = torch.load(src / "checkpoints/last.pt", weights_only=False)["model"]
+        b = torch.load(dst_dir / init / "checkpoints/last.pt", weights_only=False)["model"]
+        masks = [k for k in a if k.endswith(".mask")]
+        assert masks and all(torch.equal(a[k], b[k]) for k in masks)
+
+
+def test_lottery_rounds_prune_and_rewind(tmp_path):
+    summary = run(cfg_of([*QUICK, "sparsity=lottery", "sparsity.rounds=2",
+                          "trainer.epochs=1"]), tmp_path)
+    m = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["round"] for x in m] == [0, 1, 2]
+    dens = [x["pool_density"] for x in m]
+    assert dens[0] == 1.0 and dens[1] == pytest.approx(0.1 ** 0.5, abs=2e-3)
+    assert dens[2] == pytest.approx(0.1, abs=1e-3)
+    assert summary["lottery_densities"][-1] == 0.1
+
+
+def test_lottery_resume_across_a_round_boundary_is_exact(tmp_path):
+    common = [*QUICK, "sparsity=lottery", "sparsity.rounds=1", "trainer.epochs=1"]
+    run(cfg_of(common), tmp_path / "straight")
+    assert run(cfg_of([*common, "trainer.stop_after=1"]), tmp_path / "split")["epoch"] == 1
+    run(cfg_of([*common, "trainer.resume=true"]), tmp_path / "split")
+    assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "split")

@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -68,7 +69,8 @@ def global_top_k(scores: Sequence[Tensor], k: int) -> list[Tensor]:
 def snip_saliency(model: nn.Module, batches: Iterable, *,
                   loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
                   device=None) -> dict[str, Tensor]:
-    """|w · ∂L/∂w| per sparse layer (weight shape, float32), L summed over ``batches``.
+    """|w · ∂L/∂w| per sparse layer (weight shape, float32), L summed over ``batches`` (and
+    over the ranks' batches under torch.distributed, so every rank gets the same saliency).
 
     Weights, BN statistics and every other buffer are left as they were; grads end cleared.
     """
@@ -92,6 +94,10 @@ def snip_saliency(model: nn.Module, batches: Iterable, *,
             model.zero_grad(set_to_none=True)
             loss_fn(model(x.to(device)), y.to(device)).backward()
         grads = [m.pop_dense_grad() for _, m in layers]
+        if dist.is_available() and dist.is_initialized():  # one saliency, one mask on every rank
+            for g in grads:
+                if g is not None:
+                    dist.all_reduce(g)
     finally:
         for (_, m), flag in zip(layers, flags, strict=True):
             m._capture_grad = flag
