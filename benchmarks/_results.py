@@ -59,8 +59,9 @@ def timeit(fn: Callable[[], None], *, warmup: int = 3, repeats: int = 10,
 def write_csv(path: Path, rows: list[dict]) -> None:
     path = Path(path)
     tmp = path.with_suffix(".tmp")
+    fields = list(dict.fromkeys(k for r in rows for k in r))  # union, first-seen order
     with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)

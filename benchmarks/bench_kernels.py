@@ -82,7 +82,14 @@ def bench_layers(repeats: int) -> list[dict]:
             else:
                 row.update(csr_ms="-", speedup="-", auto="dense (not eligible)")
             if model == "goal":
-                row["vs_nn_linear"] = round(t_ref / float(row["csr_ms"]) * 1e3, 2)
+                comp = dst.SparseLinear(c_in, c_out, density=1 - s, format="compact",
+                                        backend="csr")
+                t_comp = min(backends._time_fwd_bwd(comp, x, [comp.values, comp.bias])
+                             for _ in range(repeats))
+                row["nn_linear_ms"] = round(t_ref * 1e3, 2)
+                row["compact_csr_ms"] = round(t_comp * 1e3, 2)
+                row["dense_csr_vs_nn_linear"] = round(t_ref / float(row["csr_ms"]) * 1e3, 2)
+                row["compact_csr_vs_nn_linear"] = round(t_ref / t_comp, 2)
             rows.append(row)
             print(row, flush=True)
     return rows
@@ -185,9 +192,9 @@ print(json.dumps(out))
 """
 
 
-def bench_memory(batch: int) -> list[dict]:
+def bench_memory(batches: list[int]) -> list[dict]:
     rows = []
-    for density in (0.2, 0.1):
+    for batch, density in [(b, d) for b in batches for d in (0.2, 0.1)]:
         res = {}
         for fmt in ("dense", "compact"):
             r = subprocess.run([sys.executable, "-c", MEMORY_CHILD, fmt, str(density),
@@ -212,7 +219,7 @@ def main() -> None:
     ap.add_argument("parts", nargs="*", default=["layers", "kxk", "step", "memory"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--step-batch", type=int, default=8)
-    ap.add_argument("--memory-batch", type=int, default=8)
+    ap.add_argument("--memory-batch", type=int, nargs="+", default=[1, 8])
     args = ap.parse_args()
     device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     head = f"Command: `{command()}`  \nMachine: {machine()}\n"
@@ -223,7 +230,8 @@ def main() -> None:
                     "auto"]
             goal = [r for r in rows if r["model"] == "goal"]
             md = table([r for r in rows if r["model"] != "goal"], cols) + "\n\n" + table(
-                goal, ["layer", "sparsity", "dense_ms", "csr_ms", "vs_nn_linear"])
+                goal, ["layer", "sparsity", "nn_linear_ms", "dense_ms", "csr_ms",
+                       "compact_csr_ms", "dense_csr_vs_nn_linear", "compact_csr_vs_nn_linear"])
         elif part == "kxk":
             rows = bench_kxk(args.repeats)
             md = table(rows, list(rows[0]))
