@@ -134,3 +134,27 @@ def test_same_seed_same_masks_different_seed_different(method_name):
         runs.append(torch.cat([m.mask.reshape(-1) for _, m in dst.sparse_layers(model)]))
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
+
+
+@pytest.mark.parametrize("fmt", ["dense", "compact"])
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+def test_grown_weights_have_zero_state_under_every_optimizer(opt_name, fmt):
+    model, opt, engine = build("dsr", fmt, opt_name=opt_name)
+    layers = dst.sparse_layers(model)
+    prev = {n: m.mask.clone() for n, m in layers}
+    checked = 0
+
+    def check(report):
+        nonlocal checked
+        for name, m in layers:
+            new = (m.mask & ~prev[name]).reshape(-1).nonzero().squeeze(1)
+            if report is not None and new.numel():
+                states = opt_state_at(opt, m, new)
+                assert states, "the optimizer keeps state for the weights"
+                assert all(not bool(s.any()) for s in states), (name, opt_name)
+                assert not bool(dst.storage.flat_get(m.dense_weight(), new).any())
+                checked += new.numel()
+            prev[name] = m.mask.clone()
+
+    train_steps(model, opt, engine, 0, 40, on_step=check)
+    assert checked > 0
