@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default="wrn28_2_subset", help="sweep name (output folder)")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/_sweep/NAME)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p.add_argument("--no-copy", action="store_true",
+                   help="write the report in the sweep folder only (not benchmarks/comparison.*)"
+                   ", e.g. for a quick check of the pipeline")
     args = p.parse_args(argv)
     if args.epochs < 1 or args.seeds_main < 0 or args.seeds_rest < 0:
         p.error("--epochs must be >= 1 and the seed counts >= 0")
@@ -160,12 +163,14 @@ def execute(jobs: list[Job], out: Path) -> list[str]:
     return failed
 
 
-def report(out: Path) -> list[Path]:
-    """dst-report on the sweep, copied into benchmarks/ as comparison.*."""
+def report(out: Path, copy: bool = True) -> list[Path]:
+    """dst-report on the sweep, copied into benchmarks/ as comparison.* when ``copy``."""
     sys.path.insert(0, str(REPO))
     from dst.report import build_report
 
     build_report(out, out)
+    if not copy:
+        return [out / name for name in COPIES if (out / name).is_file()]
     copied = []
     for src, dst in COPIES.items():
         if (out / src).is_file():
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     failed = execute(jobs, Path(args.out))
     try:
-        copied = report(Path(args.out))
+        copied = report(Path(args.out), copy=not args.no_copy)
     except ValueError as e:  # dst.report.ReportError: nothing finished to report
         print(f"sweep: error: {e}", file=sys.stderr)
         return 2

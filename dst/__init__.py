@@ -1,7 +1,15 @@
 """dst: dynamic sparse training for PyTorch."""
 
-from . import methods
-from .convert import densify_, paper_filter, set_masks_, share_bank_, sparse_layers, sparsify_
+from . import baselines, methods
+from .convert import (
+                      densify_,
+                      load_dense_weights_,
+                      paper_filter,
+                      set_masks_,
+                      share_bank_,
+                      sparse_layers,
+                      sparsify_,
+)
 from .distributions import erk_densities, layer_counts
 from .engine import SparseEngine, UpdateReport
 from .layers import SparseConv2d, SparseLinear
@@ -9,7 +17,8 @@ from .schedules import PeriodSchedule
 
 __all__ = [
     "PeriodSchedule", "SparseConv2d", "SparseEngine", "SparseLinear", "UpdateReport",
-    "densify_", "erk_densities", "layer_counts", "methods", "paper_filter", "set_masks_",
+    "baselines", "densify_", "erk_densities", "layer_counts", "load_dense_weights_", "methods",
+    "paper_filter", "set_masks_",
     "share_bank_", "sparse_layers", "sparsify_",
 ]
 __version__ = "0.1.0"

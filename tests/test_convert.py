@@ -146,3 +146,18 @@ def test_subclasses_of_linear_are_left_dense_with_a_warning():
     with pytest.warns(UserWarning, match="out_proj"):
         made = dst.sparsify_(model, 0.5)
     assert [n for n, _ in made] == ["fc"]
+
+
+@pytest.mark.parametrize("fmt", ["dense", "compact"])
+def test_load_dense_weights_into_a_sparse_model(fmt):
+    torch.manual_seed(0)
+    trained = TinyNet()
+    model = TinyNet()
+    dst.sparsify_(model, 0.3, format=fmt)
+    missing = dst.load_dense_weights_(model, trained.state_dict())
+    assert missing == []
+    for name, m in dst.sparse_layers(model):
+        w = dict(trained.named_parameters())[f"{name}.weight"].detach()
+        assert torch.equal(m.dense_weight(), w * m.mask)
+    assert torch.equal(model.fc2.bias, trained.fc2.bias)
+    assert dst.load_dense_weights_(model, {}) != []
