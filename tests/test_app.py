@@ -32,6 +32,7 @@ def test_every_experiment_composes(name):
         s = int(name[-2:]) / 100
         assert cfg.sparsity.density == pytest.approx(1 - s)
         assert list(cfg.sparsity.schedule.period[1]) == [25, 200]
+        assert cfg.sparsity.schedule.period_unit == "step"
         assert cfg.sparsity.schedule.stop == 190 and cfg.sparsity.method.prune_target == 20000
     if name.startswith("resnet50"):
         assert cfg.sparsity.filter == "paper_sparse_fc"
@@ -43,6 +44,7 @@ def test_each_sparsity_preset_trains(sparsity, tmp_path):
     cfg = cfg_of([*QUICK, f"sparsity={sparsity}", "trainer.epochs=2", "trainer.debug_checks=true"])
     if cfg.sparsity.schedule is not None:
         cfg.sparsity.schedule.unit = "step"
+        cfg.sparsity.schedule.period_unit = "step"
         cfg.sparsity.schedule.period = [[0, 1]]
         cfg.sparsity.schedule.stop = 5
     summary = run(cfg, tmp_path)
@@ -76,7 +78,8 @@ def _metrics(path: Path):
 @pytest.mark.parametrize("fmt", ["dense", "compact"])
 def test_resume_is_exact(tmp_path, fmt):
     common = [*QUICK, "sparsity=dsr", f"sparsity.format={fmt}", "trainer.epochs=2",
-              "sparsity.schedule.unit=step", "sparsity.schedule.period=[[0,2]]",
+              "sparsity.schedule.unit=step", "sparsity.schedule.period_unit=step",
+              "sparsity.schedule.period=[[0,2]]",
               "sparsity.schedule.stop=null", "optim.optimizer.lr=0.05"]
     straight = tmp_path / "straight"
     run(cfg_of(common), straight)
@@ -143,7 +146,8 @@ def test_bad_overrides_exit_nonzero_with_a_clear_line(args, expected, tmp_path):
 
 def test_ddp_two_gloo_processes_end_bit_identical(tmp_path):
     args = [*QUICK, "data.n_train=256", "sparsity=rigl", "trainer.epochs=2",
-            "sparsity.schedule.unit=step", "sparsity.schedule.period=[[0,1]]",
+            "sparsity.schedule.unit=step", "sparsity.schedule.period_unit=step",
+            "sparsity.schedule.period=[[0,1]]",
             "sparsity.schedule.stop=null", "sparsity.method.decay=constant", "trainer.device=cpu",
             "trainer.debug_checks=true"]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -160,6 +164,7 @@ def test_ddp_two_gloo_processes_end_bit_identical(tmp_path):
 def _short(cfg):
     if cfg.sparsity.schedule is not None:
         cfg.sparsity.schedule.unit = "step"
+        cfg.sparsity.schedule.period_unit = "step"
         cfg.sparsity.schedule.period = [[0, 1]]
         cfg.sparsity.schedule.stop = 5
     return cfg
@@ -208,3 +213,14 @@ def test_lottery_resume_across_a_round_boundary_is_exact(tmp_path):
     assert run(cfg_of([*common, "trainer.stop_after=1"]), tmp_path / "split")["epoch"] == 1
     run(cfg_of([*common, "trainer.resume=true"]), tmp_path / "split")
     assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "split")
+
+
+def test_default_dsr_schedule_scales_with_the_epoch_length():
+    from dst.app import engine_schedule
+
+    s = cfg_of(["sparsity=dsr"]).sparsity.schedule
+    sched, stop = engine_schedule(s, 200, 500)  # the paper's CIFAR-10 run: 500 steps per epoch
+    assert sched.milestones == [(0, 100), (12500, 200), (40000, 400), (70000, 800)]
+    assert stop == 190 * 500
+    sched, stop = engine_schedule(s, 30, 50)  # the shared subset: 50 steps per epoch
+    assert sched.milestones == [(0, 10), (188, 20), (600, 40), (1050, 80)] and stop == 1425
