@@ -49,7 +49,11 @@ def _structure(layer) -> tuple[CSRStructure, Tensor | None]:
     out = layer.weight_shape[0]
     mask2d = layer.mask.reshape(out, -1)
     struct = CSRStructure.from_mask(mask2d)
-    perm = None if layer.format == "dense" else torch.argsort(layer.indices)
+    perm = None
+    if layer.format == "compact":
+        perm = torch.argsort(layer.indices)
+        if bool((perm == torch.arange(perm.numel(), device=perm.device)).all()):
+            perm = None  # slots already in row-major order: no gather per step
     layer.__dict__["_csr_cache"] = (key, struct, perm)
     return struct, perm
 
@@ -59,7 +63,9 @@ def csr_forward(layer, x: Tensor) -> Tensor:
     if layer.format == "dense":
         values = flat_get(layer.weight, struct.flat_indices)  # grads reach the weight
     else:
-        values = layer.active_values().index_select(0, perm)
+        values = layer.active_values()
+        if perm is not None:
+            values = values.index_select(0, perm)
     if isinstance(layer, nn.Linear):
         return csr_linear(x, values, struct, layer.bias)
     return csr_conv1x1(x, values, struct, layer.bias, stride=tuple(layer.stride))
