@@ -17,6 +17,7 @@ One signature per role:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
@@ -61,7 +62,7 @@ def fraction_count(fraction: float, n: int) -> int:
     return int(fraction * n + 0.5)
 
 
-class Method:
+class Method(ABC):
     """Base class of the sparsity methods (defaults: a per-layer method, no dense gradients)."""
 
     name = "method"
@@ -71,11 +72,12 @@ class Method:
     changes_masks = True
     shrinks = False  # prunes without regrowing: the budget falls (gradual magnitude pruning)
 
-    def observe(self, step: int, grads: list[Tensor]) -> None:
-        """Per-step hook (only called when ``dense_grad == "always"``)."""
+    def observe(self, step: int, grads: list[Tensor]) -> None:  # noqa: B027 - optional hook
+        """Per-step hook (only called when ``dense_grad == "always"``); default: nothing."""
 
+    @abstractmethod
     def prune(self, ctx: UpdateContext) -> list[tuple[Tensor, int]]:
-        raise NotImplementedError(f"{type(self).__name__} must define prune()")
+        """Per layer: (a score for each active weight, how many of the lowest to prune)."""
 
     def grow(self, ctx: UpdateContext, pruned: list[int]) -> GrowPlan:
         return GrowPlan(scores=[None] * len(ctx.layers))
@@ -87,8 +89,8 @@ class Method:
     def state_dict(self) -> dict:
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027 - stateless by default
+        """Restore what :meth:`state_dict` returned; default: nothing to restore."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
