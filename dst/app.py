@@ -16,7 +16,6 @@ from . import convert
 from ._checks import check_choice, check_density
 from .engine import SparseEngine
 from .loop import Run, finish, fit, fit_lottery
-from .models.flops import count_flops
 from .runlog import RunLog
 from .schedules import PeriodSchedule
 from .summary import model_summary
@@ -264,8 +263,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     elif r.main:  # the dense weights at step 0: for rewinding and static_from_mask
         save_checkpoint(init_path, {"format": "dst-checkpoint-v1", "model": r.init_state,
                                     "config": OmegaConf.to_container(cfg)})
-    text, totals = model_summary(r.model, r.data.input_shape)
-    totals["layer_macs_dense"] = count_flops(r.model, (1, *r.data.input_shape))
+    text, totals = model_summary(r.model, r.data.input_shape)  # incl. per-layer dense MACs
     if r.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "model_summary.txt").write_text(text + "\n")

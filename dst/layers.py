@@ -14,13 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import FORMATS, check_choice, check_density
+from .distributions import budget_for
 from .kernels.backends import BACKENDS, choose, csr_eligible, csr_forward
 from .storage import SparseBank, compact_conv2d, compact_linear, flat_get, materialize
-
-
-def count_for(density: float, numel: int) -> int:
-    """Active entries of one tensor at ``density``: round(density * numel), at least 1."""
-    return max(1, min(numel, math.floor(density * numel + 0.5)))
 
 
 def random_mask(shape, count: int, generator: torch.Generator | None = None,
@@ -46,7 +42,7 @@ class SparseMixin:
         self.set_backend(backend)
         shape = tuple(self.weight.shape)
         if mask is None:
-            mask = random_mask(shape, count_for(density, self.weight.numel()), generator)
+            mask = random_mask(shape, budget_for(density, [self.weight.numel()]), generator)
         mask = self._check_mask(mask, shape)
         self.format = format
         self.weight_shape = shape

@@ -43,11 +43,13 @@ def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[str, 
     totals = param_counts(model)
     was_training = model.training
     ids = {id(m) for m in sparse.values()}
-    fd = sum(count_flops(model, (1, *input_shape)).values())
+    per_layer = count_flops(model, (1, *input_shape))
+    fd = sum(per_layer.values())
     fs = sum(count_flops(model, (1, *input_shape),
                          density_of=lambda m: m.density if id(m) in ids else 1.0).values())
     model.train(was_training)
-    totals.update(flops_dense=int(fd), flops_sparse=int(fs), flops_ratio=fs / fd if fd else 1.0)
+    totals.update(flops_dense=int(fd), flops_sparse=int(fs), flops_ratio=fs / fd if fd else 1.0,
+                  layer_macs_dense=per_layer)
     lines.append(
         f"parameters: {totals['params_nonzero']:,} non-zero of {totals['params_dense']:,} dense "
         f"(model density {totals['model_density']:.4f}; pool {totals['pool_active']:,}/"
