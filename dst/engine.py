@@ -83,8 +83,7 @@ class SparseEngine:
                              "compact layers hold separate banks: build them with "
                              "dst.sparsify_(..., format='compact') or call dst.share_bank_(model)"
                              " before creating the optimizer")
-        self.layer_budget = [m.n_active for _, m in self.layers]
-        self.budget = sum(self.layer_budget)
+        self.reset_budget()
         self._arm(self.step_count + 1)
 
     # -- schedule -----------------------------------------------------------------------------
@@ -94,6 +93,12 @@ class SparseEngine:
         if self.stop_step is not None and step >= self.stop_step:
             return False
         return self.schedule.is_update(step)
+
+    def reset_budget(self) -> None:
+        """Take the layers' current active counts as the budget (after masks were set outside
+        the engine, e.g. a lottery-ticket pruning round)."""
+        self.layer_budget = [m.n_active for _, m in self.layers]
+        self.budget = sum(self.layer_budget)
 
     def _last_update(self) -> int | None:
         if self.stop_step is None:

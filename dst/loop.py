@@ -159,8 +159,7 @@ def lottery_prune(r: Run, density: float, init_state: dict) -> None:
                             distribution=s.distribution)
     rewind_(r.model, init_state, masks)
     if r.engine is not None:
-        r.engine.layer_budget = [m.n_active for _, m in convert.sparse_layers(r.model)]
-        r.engine.budget = sum(r.engine.layer_budget)
+        r.engine.reset_budget()
 
 
 def fit_lottery(r: Run, init_state: dict) -> bool:
