@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dst.kernels import CSRCache, CSRLinearFunction, CSRStructure, csr_conv1x1, csr_linear
+from dst.kernels import (
+    CSRCache,
+    CSRLinearFunction,
+    CSRStructure,
+    csr_conv1x1,
+    csr_linear,
+    native,
+)
 
 cuda = pytest.mark.cuda
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -19,6 +26,16 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def kernels(request, monkeypatch):
+    """Every test runs on the native CPU kernels (where they build) and on PyTorch's."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "usable", lambda *tensors: False)
+    elif not native.available():
+        pytest.skip("native kernels unavailable")
+    return request.param
 
 
 def _mask(rows, cols, density=0.5, seed=0, empty_row=True, empty_col=True):
@@ -324,3 +341,38 @@ def test_cuda_conv1x1_matches_dense(fmt):
     ref.backward(g)
     torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(values.grad, w_ref.grad[mask], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("op", ["linear", "conv_nchw", "conv_channels_last"])
+def test_values_in_any_order_via_from_indices(op):
+    """A structure built from shuffled flat indices (a compact layer's slot order) reads values
+    and returns their gradient in that order, equal to the row-major structure's results."""
+    mask, weight, s, values, b = _setup(9, 14)
+    g = torch.Generator().manual_seed(5)
+    shuffle = torch.randperm(s.nnz, generator=g)
+    s2 = CSRStructure.from_indices(s.flat_indices[shuffle], (9, 14, 1, 1))
+    assert s2.order is not None and torch.equal(s2.flat_indices, s.flat_indices[shuffle])
+    v2 = values.detach()[shuffle].clone().requires_grad_(True)
+    if op == "linear":
+        x = torch.randn(6, 14, generator=g)
+        run = lambda st, v: csr_linear(x, v, st, b)  # noqa: E731
+    else:
+        fmt = torch.channels_last if op == "conv_channels_last" else torch.contiguous_format
+        x = torch.randn(2, 14, 3, 5, generator=g).to(memory_format=fmt)
+        run = lambda st, v: csr_conv1x1(x, v, st, b)  # noqa: E731
+    y, y2 = run(s, values), run(s2, v2)
+    torch.testing.assert_close(y2, y, atol=1e-5, rtol=1e-5)
+    gy = torch.randn(y.shape, generator=g)
+    y.backward(gy)
+    y2.backward(gy)
+    torch.testing.assert_close(v2.grad, values.grad[shuffle], atol=1e-5, rtol=1e-5)
+
+
+def test_from_indices_validation():
+    assert CSRStructure.from_indices(torch.tensor([0, 3, 5]), (2, 3)).order is None  # sorted
+    with pytest.raises(ValueError, match="unique"):
+        CSRStructure.from_indices(torch.tensor([3, 0, 3]), (2, 3))
+    with pytest.raises(ValueError, match="out of range"):
+        CSRStructure.from_indices(torch.tensor([0, 6]), (2, 3))
+    with pytest.raises(TypeError, match="1-D integer"):
+        CSRStructure.from_indices(torch.tensor([0.0, 1.0]), (2, 3))

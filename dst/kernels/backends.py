@@ -35,9 +35,9 @@ def clear_decisions() -> None:
 
 
 # ----------------------------------------------------------------------------- csr routing
-def _structure(layer) -> tuple[CSRStructure, Tensor | None]:
-    """The layer's CSR structure (rebuilt only when its mask changed) and, for compact layers,
-    the permutation from bank-slot order to the structure's sorted order."""
+def _structure(layer) -> CSRStructure:
+    """The layer's CSR structure, rebuilt only when its mask changed.  Compact layers keep
+    their values in bank-slot order, which the structure's values order follows."""
     if layer.format == "dense":
         key = layer._mask_key()
     else:
@@ -45,27 +45,21 @@ def _structure(layer) -> tuple[CSRStructure, Tensor | None]:
         key = (idx.data_ptr(), idx._version, idx.numel(), idx.device)
     cached = layer.__dict__.get("_csr_cache")
     if cached is not None and cached[0] == key:
-        return cached[1], cached[2]
-    out = layer.weight_shape[0]
-    mask2d = layer.mask.reshape(out, -1)
-    struct = CSRStructure.from_mask(mask2d)
-    perm = None
-    if layer.format == "compact":
-        perm = torch.argsort(layer.indices)
-        if bool((perm == torch.arange(perm.numel(), device=perm.device)).all()):
-            perm = None  # slots already in row-major order: no gather per step
-    layer.__dict__["_csr_cache"] = (key, struct, perm)
-    return struct, perm
+        return cached[1]
+    if layer.format == "dense":
+        struct = CSRStructure.from_mask(layer.mask.reshape(layer.weight_shape[0], -1))
+    else:
+        struct = CSRStructure.from_indices(layer.indices, layer.weight_shape)
+    layer.__dict__["_csr_cache"] = (key, struct)
+    return struct
 
 
 def csr_forward(layer, x: Tensor) -> Tensor:
-    struct, perm = _structure(layer)
+    struct = _structure(layer)
     if layer.format == "dense":
         values = flat_get(layer.weight, struct.flat_indices)  # grads reach the weight
     else:
-        values = layer.active_values()
-        if perm is not None:
-            values = values.index_select(0, perm)
+        values = layer.active_values()  # slot order = the structure's values order
     if isinstance(layer, nn.Linear):
         return csr_linear(x, values, struct, layer.bias)
     return csr_conv1x1(x, values, struct, layer.bias, stride=tuple(layer.stride))

@@ -1,0 +1,142 @@
+/* CPU float32 kernels for the csr backend (see dst/kernels/native.py, which compiles this file
+ * on first use and calls it through ctypes).
+ *
+ * Layout: everything is "feature-major": a dense operand is a batch of row-major (K, M) matrices
+ * whose rows are the features and whose columns are the samples (or pixels).  A sparse row then
+ * touches whole contiguous rows of the dense operand, which vectorizes along M.
+ *
+ *   dst_spmm:  Y[b] = S @ B[b]         S: (R, K) in CSR (crow, col, val[perm[k]] or val[k])
+ *   dst_sddmm: out[o(k)] = sum_b <A[b][row(k)], B[b][col(k)]>  (A @ B^T sampled at S's pattern;
+ *              o(k) = operm[k] or k: the gradient is written in the caller's values order)
+ *
+ * Threads come from OpenMP; a process that has loaded torch shares torch's libgomp (same soname).
+ */
+#include <stdint.h>
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4))); /* unaligned access */
+
+#define TILE 64 /* columns per register tile: 8 vectors of 8 floats */
+
+static inline v8 load8(const float *p) { return *(const v8u *)p; }
+static inline void store8(float *p, v8 v) { *(v8u *)p = v; }
+static inline v8 splat8(float x) { return (v8){x, x, x, x, x, x, x, x}; }
+
+/* y[0:TILE] = sum_k v_k * B[col_k][m0:m0+TILE], accumulators kept in registers. */
+static inline void row_tile(const int32_t *col, const float *val, const int64_t *perm,
+                            int64_t lo, int64_t hi, const float *b, int64_t ldb, float *y) {
+    v8 a0 = splat8(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    for (int64_t k = lo; k < hi; ++k) {
+        const v8 v = splat8(perm ? val[perm[k]] : val[k]);
+        const float *p = b + (int64_t)col[k] * ldb;
+        a0 += v * load8(p);      a1 += v * load8(p + 8);
+        a2 += v * load8(p + 16); a3 += v * load8(p + 24);
+        a4 += v * load8(p + 32); a5 += v * load8(p + 40);
+        a6 += v * load8(p + 48); a7 += v * load8(p + 56);
+    }
+    store8(y, a0);      store8(y + 8, a1);  store8(y + 16, a2); store8(y + 24, a3);
+    store8(y + 32, a4); store8(y + 40, a5); store8(y + 48, a6); store8(y + 56, a7);
+}
+
+/* y[0:w] for a last, partial tile (w < TILE): 8 columns at a time, then scalars. */
+static inline void row_rest(const int32_t *col, const float *val, const int64_t *perm,
+                            int64_t lo, int64_t hi, const float *b, int64_t ldb, float *y,
+                            int64_t w) {
+    int64_t m = 0;
+    for (; m + 8 <= w; m += 8) {
+        v8 acc = splat8(0);
+        for (int64_t k = lo; k < hi; ++k)
+            acc += splat8(perm ? val[perm[k]] : val[k]) * load8(b + (int64_t)col[k] * ldb + m);
+        store8(y + m, acc);
+    }
+    for (; m < w; ++m) {
+        float acc = 0;
+        for (int64_t k = lo; k < hi; ++k)
+            acc += (perm ? val[perm[k]] : val[k]) * b[(int64_t)col[k] * ldb + m];
+        y[m] = acc;
+    }
+}
+
+void dst_spmm(int64_t nbatch, int64_t rows, int64_t m, const int32_t *crow, const int32_t *col,
+              const float *val, const int64_t *perm, const float *b, int64_t ldb, int64_t sb,
+              float *y, int64_t ldy, int64_t sy, int nthreads) {
+#pragma omp parallel for collapse(2) schedule(dynamic, 4) num_threads(nthreads)
+    for (int64_t n = 0; n < nbatch; ++n) {
+        for (int64_t r = 0; r < rows; ++r) {
+            const float *bn = b + n * sb;
+            float *yr = y + n * sy + r * ldy;
+            const int64_t lo = crow[r], hi = crow[r + 1];
+            int64_t m0 = 0;
+            for (; m0 + TILE <= m; m0 += TILE)
+                row_tile(col, val, perm, lo, hi, bn + m0, ldb, yr + m0);
+            if (m0 < m)
+                row_rest(col, val, perm, lo, hi, bn + m0, ldb, yr + m0, m - m0);
+        }
+    }
+}
+
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline float hsum8(v8 v) {
+    v += __builtin_shuffle(v, (v8i){4, 5, 6, 7, 0, 1, 2, 3});
+    v += __builtin_shuffle(v, (v8i){2, 3, 0, 1, 6, 7, 4, 5});
+    v += __builtin_shuffle(v, (v8i){1, 0, 3, 2, 5, 4, 7, 6});
+    return v[0];
+}
+
+static inline float dot(const float *x, const float *z, int64_t m) {
+    v8 a0 = splat8(0), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= m; i += 32) {
+        a0 += load8(x + i) * load8(z + i);           a1 += load8(x + i + 8) * load8(z + i + 8);
+        a2 += load8(x + i + 16) * load8(z + i + 16); a3 += load8(x + i + 24) * load8(z + i + 24);
+    }
+    for (; i + 8 <= m; i += 8)
+        a0 += load8(x + i) * load8(z + i);
+    float s = hsum8((a0 + a1) + (a2 + a3));
+    for (; i < m; ++i)
+        s += x[i] * z[i];
+    return s;
+}
+
+/* acc[k - lo] += <a[0:TILE], B[col_k][0:TILE]> for the entries of one row; a in registers. */
+static inline void sddmm_tile(const int32_t *col, int64_t lo, int64_t hi, const float *a,
+                              const float *b, int64_t ldb, float *acc) {
+    const v8 x0 = load8(a), x1 = load8(a + 8), x2 = load8(a + 16), x3 = load8(a + 24);
+    const v8 x4 = load8(a + 32), x5 = load8(a + 40), x6 = load8(a + 48), x7 = load8(a + 56);
+    for (int64_t k = lo; k < hi; ++k) {
+        const float *p = b + (int64_t)col[k] * ldb;
+        v8 s0 = x0 * load8(p), s1 = x1 * load8(p + 8), s2 = x2 * load8(p + 16);
+        v8 s3 = x3 * load8(p + 24);
+        s0 += x4 * load8(p + 32); s1 += x5 * load8(p + 40); s2 += x6 * load8(p + 48);
+        s3 += x7 * load8(p + 56);
+        const float s = hsum8((s0 + s1) + (s2 + s3));
+        acc[k - lo] += s;
+    }
+}
+
+void dst_sddmm(int64_t nbatch, int64_t rows, int64_t m, const int32_t *crow, const int32_t *col,
+               const int64_t *operm, const float *a, int64_t lda, int64_t sa, const float *b,
+               int64_t ldb, int64_t sb, float *out, int nthreads) {
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads)
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t lo = crow[r], hi = crow[r + 1];
+        float acc[256];
+        for (int64_t c0 = lo; c0 < hi; c0 += 256) { /* chunks of a row's entries */
+            const int64_t c1 = c0 + 256 < hi ? c0 + 256 : hi;
+            for (int64_t k = c0; k < c1; ++k)
+                acc[k - c0] = 0;
+            for (int64_t n = 0; n < nbatch; ++n) {
+                const float *an = a + n * sa + r * lda, *bn = b + n * sb;
+                int64_t m0 = 0;
+                for (; m0 + TILE <= m; m0 += TILE)
+                    sddmm_tile(col, c0, c1, an + m0, bn + m0, ldb, acc);
+                if (m0 < m)
+                    for (int64_t k = c0; k < c1; ++k)
+                        acc[k - c0] += dot(an + m0, bn + (int64_t)col[k] * ldb + m0, m - m0);
+            }
+            for (int64_t k = c0; k < c1; ++k)
+                out[operm ? operm[k] : k] = acc[k - c0];
+        }
+    }
+}

@@ -1,0 +1,172 @@
+"""Native CPU kernels of the ``csr`` backend (float32 SpMM and SDDMM, OpenMP).
+
+``_native.c`` is compiled on first use with the machine's C compiler (``$CC``, default ``cc``)
+for the host CPU (``-O3 -march=native -fopenmp``) into a cache folder (``$DST_CACHE_DIR``, else
+``$XDG_CACHE_HOME/dst`` or ``~/.cache/dst``), keyed by the source, the compiler command and the
+CPU's feature flags, and loaded through ctypes: a plain shared library with no Python or torch
+headers, so the build takes about a second.  The library's OpenMP calls share torch's OpenMP
+runtime (same soname) and use ``torch.get_num_threads()`` threads.
+
+On a machine without a working compiler the csr backend falls back to PyTorch's MKL / cuSPARSE
+kernels with one warning naming the fix; ``DST_NATIVE=0`` turns the native kernels off.
+Measured against MKL on the issue's 2048x2048 / batch-128 layer: see benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["NativeBuildError", "available", "build", "cache_dir", "sddmm", "spmm", "usable"]
+
+SOURCE = Path(__file__).with_name("_native.c")
+FLAG_SETS = (
+    ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"],
+    ["-O3", "-fopenmp", "-shared", "-fPIC"],  # compilers without -march=native
+)
+_I64, _PTR, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+
+
+class NativeBuildError(RuntimeError):
+    """The native kernels could not be compiled."""
+
+
+def cache_dir() -> Path:
+    if os.environ.get("DST_CACHE_DIR"):
+        return Path(os.environ["DST_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dst"
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return f"{platform.machine()} {platform.processor()} {flags}"
+
+
+def build(force: bool = False) -> Path:
+    """Compile ``_native.c`` (unless a cached build exists) and return the library's path."""
+    cc = os.environ.get("CC", "cc")
+    errors = []
+    for flags in FLAG_SETS:
+        key = hashlib.sha256(
+            "\0".join([SOURCE.read_text(), cc, *flags, _cpu_id()]).encode()
+        ).hexdigest()[:16]
+        out = cache_dir() / f"dst_native-{key}.so"
+        if out.exists() and not force:
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out.parent)
+        os.close(fd)
+        try:
+            proc = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True,
+                                  text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            proc, msg = None, str(e)
+        if proc is not None and proc.returncode == 0:
+            os.replace(tmp, out)  # atomic: concurrent builders (DDP ranks) never see half a file
+            return out
+        Path(tmp).unlink(missing_ok=True)
+        errors.append(msg if proc is None else (proc.stderr or proc.stdout).strip()[-500:])
+    raise NativeBuildError(
+        f"could not compile {SOURCE.name} with {cc!r}: {errors[-1]}. Install a C compiler with "
+        "OpenMP (e.g. gcc) or point $CC at one; DST_NATIVE=0 silences this and uses MKL's "
+        "slower kernels."
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("DST_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (NativeBuildError, OSError) as e:
+        warnings.warn(f"dst: native CSR kernels unavailable, using PyTorch's: {e}", stacklevel=3)
+        return None
+    lib.dst_spmm.argtypes = [_I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _PTR,
+                             _I64, _I64, _INT]
+    lib.dst_sddmm.argtypes = [_I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _PTR, _I64,
+                              _I64, _PTR, _INT]
+    lib.dst_spmm.restype = lib.dst_sddmm.restype = None
+    return lib
+
+
+def available() -> bool:
+    """Whether the native kernels are compiled and loaded (compiles them on first call)."""
+    return _library() is not None
+
+
+def usable(index: torch.Tensor, *tensors: torch.Tensor) -> bool:
+    """Whether an op on these tensors runs natively: CPU, float32, int32 indices, library loaded."""
+    if index.device.type != "cpu" or index.dtype != torch.int32:
+        return False
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return False
+    return available()
+
+
+def _rows_major(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (K, M) or (n, K, M) with unit stride along M (copied only if needed)."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _batch(t: torch.Tensor) -> tuple[int, int, int]:
+    """(batch, batch stride, row stride) of a 2-D or 3-D row-major operand."""
+    if t.dim() == 2:
+        return 1, 0, t.stride(0)
+    return t.shape[0], t.stride(0), t.stride(1)
+
+
+def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, b: torch.Tensor,
+         perm: torch.Tensor | None = None) -> torch.Tensor:
+    """``S @ b`` for CSR ``S = (crow, col, values[perm])`` and ``b`` (K, M) or (n, K, M).
+
+    ``perm`` (int64), if given, reads the value of entry ``k`` from ``values[perm[k]]`` (the
+    transposed structure reuses the values of ``W`` this way, with no gather).  Returns a
+    contiguous (R, M) / (n, R, M) tensor.  Caller checks :func:`usable`.
+    """
+    b = _rows_major(b)
+    values = values.contiguous()
+    rows, m = crow.numel() - 1, b.shape[-1]
+    n, sb, ldb = _batch(b)
+    y = b.new_empty(*b.shape[:-2], rows, m)
+    _library().dst_spmm(
+        n, rows, m, crow.data_ptr(), col.data_ptr(), values.data_ptr(),
+        None if perm is None else perm.contiguous().data_ptr(), b.data_ptr(), ldb, sb,
+        y.data_ptr(), m, rows * m, torch.get_num_threads(),
+    )
+    return y
+
+
+def sddmm(crow: torch.Tensor, col: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+          out_perm: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[k] = sum_batch <a[row(k)], b[col(k)]>``: ``a @ b^T`` sampled at the CSR pattern.
+
+    ``a`` is (R, M) or (n, R, M), ``b`` (K, M) or (n, K, M).  Returns (nnz,) in CSR order, or
+    with entry ``k`` at ``out_perm[k]`` (int64) if given.
+    """
+    a, b = _rows_major(a), _rows_major(b)
+    if a.dim() != b.dim() or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"sddmm operands do not match: {tuple(a.shape)} and {tuple(b.shape)}")
+    n, sa, lda = _batch(a)
+    _, sb, ldb = _batch(b)
+    out = a.new_empty(col.numel())
+    _library().dst_sddmm(
+        n, crow.numel() - 1, a.shape[-1], crow.data_ptr(), col.data_ptr(),
+        None if out_perm is None else out_perm.contiguous().data_ptr(), a.data_ptr(), lda, sa,
+        b.data_ptr(), ldb, sb, out.data_ptr(), torch.get_num_threads(),
+    )
+    return out

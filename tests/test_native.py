@@ -1,0 +1,132 @@
+"""The native CPU kernels of the csr backend (dst.kernels.native): results against dense
+references on shapes that hit every tile/tail path, and the build, cache and fallback rules."""
+
+import os
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from dst.kernels import CSRStructure, csr_linear, native
+
+HAS_CC = shutil.which(os.environ.get("CC", "cc")) is not None
+
+
+@pytest.fixture
+def fresh_library(monkeypatch, tmp_path):
+    """A private cache folder and a library that is looked up again (restored afterwards)."""
+    monkeypatch.setenv("DST_CACHE_DIR", str(tmp_path / "cache"))
+    native._library.cache_clear()
+    yield tmp_path / "cache"
+    native._library.cache_clear()
+
+
+def _structure(rows, cols, density, seed):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(rows, cols, generator=g) < density
+    mask[1] = False  # an empty row
+    mask[:, 2] = False  # an empty column
+    return mask, CSRStructure.from_mask(mask), g
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler: the csr backend uses PyTorch's kernels")
+def test_compiles_and_loads_where_a_compiler_exists():
+    assert native.available()
+
+
+needs_native = pytest.mark.skipif(not native.available(), reason="native kernels unavailable")
+
+
+@needs_native
+@pytest.mark.parametrize("m", [1, 7, 8, 63, 64, 65, 130, 200])
+@pytest.mark.parametrize("batch", [None, 3])
+def test_spmm_and_transpose_match_dense(m, batch):
+    mask, s, g = _structure(37, 29, 0.3, seed=m)
+    w = torch.randn(37, 29, generator=g) * mask
+    values = s.gather(w)
+    lead = () if batch is None else (batch,)
+    # b is a column slice of a wider tensor: row stride != m exercises ldb
+    b = torch.randn(*lead, 29, m + 5, generator=g)[..., 2 : m + 2]
+    y = native.spmm(s.crow_indices, s.col_indices, values, b)
+    torch.testing.assert_close(y, w @ b, rtol=1e-5, atol=1e-5)
+    assert y.is_contiguous()
+    gt = torch.randn(*lead, 37, m, generator=g)
+    yt = native.spmm(s.t_crow_indices, s.t_col_indices, values, gt, perm=s.perm)
+    torch.testing.assert_close(yt, w.t() @ gt, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("m", [1, 9, 64, 70, 200])
+@pytest.mark.parametrize("batch", [None, 4])
+@pytest.mark.parametrize("density", [0.25, 1.0])  # 1.0: rows of > 256 entries (chunked)
+def test_sddmm_matches_dense(m, batch, density):
+    mask, s, g = _structure(23, 300, density, seed=m)
+    lead = () if batch is None else (batch,)
+    a = torch.randn(*lead, 23, m, generator=g)
+    b = torch.randn(*lead, 300, m + 3, generator=g)[..., :m]
+    full = a @ b.transpose(-1, -2)
+    if batch is not None:
+        full = full.sum(0)
+    out = native.sddmm(s.crow_indices, s.col_indices, a, b)
+    torch.testing.assert_close(out, s.gather(full), rtol=1e-5, atol=1e-4)
+    shuffle = torch.randperm(s.nnz, generator=g)  # write entry k at shuffle[k]
+    scattered = native.sddmm(s.crow_indices, s.col_indices, a, b, out_perm=shuffle)
+    torch.testing.assert_close(scattered[shuffle], out)
+    with pytest.raises(ValueError, match="do not match"):
+        native.sddmm(s.crow_indices, s.col_indices, a, b[..., : max(m - 1, 0)])
+
+
+@needs_native
+def test_usable_only_for_cpu_float32_int32():
+    _, s, _ = _structure(4, 5, 0.5, 0)
+    f32 = torch.zeros(3)
+    assert native.usable(s.col_indices, f32)
+    assert not native.usable(s.col_indices, f32.double())
+    assert not native.usable(s.col_indices.long(), f32)
+
+
+@needs_native
+def test_csr_linear_uses_native_kernels(monkeypatch):
+    """The csr backend's float32 CPU path runs the native kernels (counted through a spy)."""
+    calls = []
+    for name in ("spmm", "sddmm"):
+        fn = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n)
+                            or _f(*a, **k))
+    mask, s, g = _structure(16, 12, 0.5, 0)
+    values = s.gather(torch.randn(16, 12, generator=g)).requires_grad_(True)
+    x = torch.randn(5, 12, requires_grad=True)
+    csr_linear(x, values, s).sum().backward()
+    assert calls == ["spmm", "spmm", "sddmm"]
+
+
+@pytest.mark.skipif(not HAS_CC, reason="needs a C compiler")
+def test_build_is_cached(fresh_library):
+    path = native.build()
+    assert path.parent == fresh_library and path.exists()
+    stamp = path.stat().st_mtime_ns
+    assert native.build() == path and path.stat().st_mtime_ns == stamp  # not rebuilt
+    assert [p.name for p in fresh_library.iterdir()] == [path.name]  # no temporaries left
+
+
+def test_missing_compiler_warns_once_and_falls_back(fresh_library, monkeypatch):
+    monkeypatch.setenv("CC", str(fresh_library / "no-such-cc"))
+    with pytest.raises(native.NativeBuildError, match="Install a C compiler"):
+        native.build()
+    assert not any(fresh_library.glob(".build-*"))
+    with pytest.warns(UserWarning, match="native CSR kernels unavailable"):
+        assert not native.available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not native.available()  # warned once, not at every call
+    mask, s, g = _structure(8, 6, 0.5, 0)
+    w = torch.randn(8, 6, generator=g) * mask
+    x = torch.randn(3, 6, generator=g)
+    torch.testing.assert_close(csr_linear(x, s.gather(w), s), x @ w.t())  # PyTorch's kernels
+
+
+def test_switched_off_by_environment(fresh_library, monkeypatch):
+    monkeypatch.setenv("DST_NATIVE", "0")
+    assert not native.available()
+    assert not fresh_library.exists()  # nothing compiled
