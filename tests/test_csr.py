@@ -187,6 +187,7 @@ def test_conv1x1_nchw_path_chunked_sddmm_matches_permute_path(monkeypatch):
     from dst.kernels import csr
 
     monkeypatch.setattr(csr, "_SDDMM_CHUNK", 1)  # one sample per SDDMM chunk
+    monkeypatch.setattr(csr, "_PER_SAMPLE_MIN_HW", 1)  # contiguous NCHW: per-sample path
     mask, weight, s, values, b = _setup(8, 12)
     x = torch.randn(3, 12, 4, 5)
     g = torch.randn(3, 8, 4, 5)
@@ -344,9 +345,12 @@ def test_cuda_conv1x1_matches_dense(fmt):
 
 
 @pytest.mark.parametrize("op", ["linear", "conv_nchw", "conv_channels_last"])
-def test_values_in_any_order_via_from_indices(op):
+def test_values_in_any_order_via_from_indices(op, monkeypatch):
     """A structure built from shuffled flat indices (a compact layer's slot order) reads values
     and returns their gradient in that order, equal to the row-major structure's results."""
+    from dst.kernels import csr
+
+    monkeypatch.setattr(csr, "_PER_SAMPLE_MIN_HW", 1)  # contiguous NCHW: per-sample path
     mask, weight, s, values, b = _setup(9, 14)
     g = torch.Generator().manual_seed(5)
     shuffle = torch.randperm(s.nnz, generator=g)
