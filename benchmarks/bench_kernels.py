@@ -7,7 +7,8 @@
   PyTorch's (MKL) for comparison.
 * ``kxk``: the shift-and-SpMM formulation of a 3x3 conv (9 CSR products on shifted views, no
   im2col) against the dense conv, forward only (if the forward alone loses, fwd+bwd loses too).
-* ``step``: one ResNet-50 training step at s = 0.9 with ``backend=auto`` / ``backend=dense``.
+* ``step``: one ResNet-50 and one WRN-28-2 training step at s = 0.9 with ``backend=auto`` /
+  ``backend=dense``.
 * ``memory``: bytes of parameters + gradients + SGD momentum and peak RSS of a training step,
   compact vs dense format, ResNet-50 at density 0.2 and 0.1 (each in a fresh process).
 
@@ -165,31 +166,40 @@ def bench_kxk(repeats: int) -> list[dict]:
     return rows
 
 
+def _step_time(name: str, batch: int, backend: str, repeats: int) -> tuple[float, list]:
+    backends.clear_decisions()
+    torch.manual_seed(0)
+    classes, hw = (1000, 224) if name == "resnet50" else (10, 32)
+    model = build_model(name, num_classes=classes).to(memory_format=torch.channels_last)
+    dst.sparsify_(model, 0.1, filter_fn=dst.paper_filter(model, dense_fc=False), backend=backend)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, hw, hw).to(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    t = timeit(step, warmup=2, repeats=repeats)
+    return t, [m.backend_used for _, m in dst.sparse_layers(model)]
+
+
 def bench_step(batch: int, repeats: int) -> list[dict]:
-    times = {}
-    for backend in ("dense", "auto", "dense", "auto"):  # interleaved, best of two rounds
-        backends.clear_decisions()
-        torch.manual_seed(0)
-        model = build_model("resnet50", num_classes=1000).to(memory_format=torch.channels_last)
-        dst.sparsify_(model, 0.1, filter_fn=dst.paper_filter(model, dense_fc=False),
-                      backend=backend)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        x = torch.randn(batch, 3, 224, 224).to(memory_format=torch.channels_last)
-        y = torch.randint(0, 1000, (batch,))
-
-        def step(model=model, opt=opt, x=x, y=y):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-
-        t = timeit(step, warmup=2, repeats=repeats)
-        times[backend] = min(t, times.get(backend, float("inf")))
-        picks = [m.backend_used for _, m in dst.sparse_layers(model)]
-    n_csr = picks.count("csr")
-    return [{"benchmark": f"ResNet-50 train step, s=0.9, batch {batch}, channels_last",
-             "dense_ms": round(times["dense"] * 1e3, 1), "auto_ms": round(times["auto"] * 1e3, 1),
-             "auto_over_dense": round(times["auto"] / times["dense"], 3),
-             "auto_csr_layers": f"{n_csr}/{len(picks)}"}]
+    """One training step at s = 0.9, channels_last: backend=auto vs the dense format."""
+    rows = []
+    for name, b in (("resnet50", batch), ("wrn28_2", 64)):
+        times = {}
+        for backend in ("dense", "auto", "dense", "auto"):  # interleaved, best of two rounds
+            t, picks = _step_time(name, b, backend, repeats)
+            times[backend] = min(t, times.get(backend, float("inf")))
+        rows.append({"benchmark": f"{name} train step, s=0.9, batch {b}, channels_last",
+                     "dense_ms": round(times["dense"] * 1e3, 1),
+                     "auto_ms": round(times["auto"] * 1e3, 1),
+                     "auto_over_dense": round(times["auto"] / times["dense"], 3),
+                     "auto_csr_layers": f"{picks.count('csr')}/{len(picks)}"})
+        print(rows[-1], flush=True)
+    return rows
 
 
 MEMORY_CHILD = r"""

@@ -60,13 +60,16 @@ class SparseMixin:
                 SparseBank(self, "values", [self])
 
     def set_backend(self, backend: str) -> None:
-        """``"dense"`` (masked dense kernels), ``"csr"`` (sparse kernels; Linear and 1x1 convs)
-        or ``"auto"`` (timed per layer on the real input; CSR only where >= 15 % faster)."""
+        """``"dense"`` (masked dense kernels), ``"csr"`` (sparse kernels: Linear, 1x1 convs, and
+        stride-1 k x k convs on CPU; groups=1, no dilation, zero padding) or ``"auto"`` (timed
+        per layer on the real input; CSR only where >= 15 % faster)."""
         check_choice(backend, BACKENDS, "backend")
         if backend == "csr" and not csr_eligible(self):
-            raise ValueError("backend='csr' serves Linear layers and 1x1 convs with groups=1 "
-                             f"and no padding; use 'auto' or 'dense' for this "
-                             f"{type(self).__name__} (kernel {getattr(self, 'kernel_size', '')})")
+            raise ValueError("backend='csr' serves Linear layers and convs with groups=1, "
+                             "dilation 1 and zero padding that are 1x1 without padding or have "
+                             "stride 1; use 'auto' or 'dense' for this "
+                             f"{type(self).__name__} (kernel {getattr(self, 'kernel_size', '')}, "
+                             f"stride {getattr(self, 'stride', '')})")
         self.backend = backend
         self.backend_used = "dense"
 

@@ -19,6 +19,7 @@ def _fresh_decisions():
 @pytest.mark.parametrize("make", [
     lambda **kw: dst.SparseLinear(32, 16, **kw),
     lambda **kw: dst.SparseConv2d(32, 16, 1, stride=2, **kw),
+    lambda **kw: dst.SparseConv2d(32, 16, 3, padding=1, **kw),  # direct sparse k x k (CPU)
 ])
 def test_csr_backend_matches_dense_backend(make, fmt):
     torch.manual_seed(0)
@@ -40,13 +41,18 @@ def test_csr_backend_matches_dense_backend(make, fmt):
 
 
 def test_csr_rejects_ineligible_layers_and_sparsify_falls_back():
-    with pytest.raises(ValueError, match="1x1 convs with groups=1"):
-        dst.SparseConv2d(4, 4, 3, density=0.5, backend="csr")
+    for kw in ({"stride": 2}, {"dilation": 2}, {"groups": 2}, {"padding_mode": "reflect",
+                                                              "padding": 1}):
+        with pytest.raises(ValueError, match="1x1 without padding or have stride 1"):
+            dst.SparseConv2d(4, 4, 3, density=0.5, backend="csr", **kw)
+    with pytest.raises(ValueError, match="stride 1"):
+        dst.SparseConv2d(4, 4, 2, padding="same", density=0.5, backend="csr")  # asymmetric
     with pytest.raises(ValueError, match="valid choices: dense, csr, auto"):
         dst.SparseLinear(4, 4, density=0.5, backend="cusparse")
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8, 2))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.Conv2d(8, 8, 3, padding="same"),
+                          nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8, 2))
     dst.sparsify_(model, 0.5, backend="csr")
-    assert [m.backend for _, m in dst.sparse_layers(model)] == ["dense", "csr", "csr"]
+    assert [m.backend for _, m in dst.sparse_layers(model)] == ["dense", "csr", "csr", "csr"]
 
 
 def test_auto_times_once_per_shape_and_caches(monkeypatch):

@@ -9,6 +9,10 @@
  *   dst_sddmm: out[o(k)] = sum_b <A[b][row(k)], B[b][col(k)]>  (A @ B^T sampled at S's pattern;
  *              o(k) = operm[k] or k: the gradient is written in the caller's values order)
  *
+ * With an offset array, entry k reads B's row col[k] starting off[k] elements later (or earlier):
+ * a k x k convolution on zero-padded, row-flattened feature maps is then the same SpMM, with
+ * col = input channel and off = kh * padded_width + kw (see dst/kernels/conv.py).
+ *
  * Threads come from OpenMP; a process that has loaded torch shares torch's libgomp (same soname).
  */
 #include <stdint.h>
@@ -23,12 +27,15 @@ static inline void store8(float *p, v8 v) { *(v8u *)p = v; }
 static inline v8 splat8(float x) { return (v8){x, x, x, x, x, x, x, x}; }
 
 /* y[0:TILE] = sum_k v_k * B[col_k][m0:m0+TILE], accumulators kept in registers. */
-static inline void row_tile(const int32_t *col, const float *val, const int64_t *perm,
-                            int64_t lo, int64_t hi, const float *b, int64_t ldb, float *y) {
+#define BROW(k) (b + (int64_t)col[k] * ldb + (off ? off[k] : 0))
+
+static inline void row_tile(const int32_t *col, const int64_t *off, const float *val,
+                            const int64_t *perm, int64_t lo, int64_t hi, const float *b,
+                            int64_t ldb, float *y) {
     v8 a0 = splat8(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
     for (int64_t k = lo; k < hi; ++k) {
         const v8 v = splat8(perm ? val[perm[k]] : val[k]);
-        const float *p = b + (int64_t)col[k] * ldb;
+        const float *p = BROW(k);
         a0 += v * load8(p);      a1 += v * load8(p + 8);
         a2 += v * load8(p + 16); a3 += v * load8(p + 24);
         a4 += v * load8(p + 32); a5 += v * load8(p + 40);
@@ -39,27 +46,27 @@ static inline void row_tile(const int32_t *col, const float *val, const int64_t 
 }
 
 /* y[0:w] for a last, partial tile (w < TILE): 8 columns at a time, then scalars. */
-static inline void row_rest(const int32_t *col, const float *val, const int64_t *perm,
-                            int64_t lo, int64_t hi, const float *b, int64_t ldb, float *y,
-                            int64_t w) {
+static inline void row_rest(const int32_t *col, const int64_t *off, const float *val,
+                            const int64_t *perm, int64_t lo, int64_t hi, const float *b,
+                            int64_t ldb, float *y, int64_t w) {
     int64_t m = 0;
     for (; m + 8 <= w; m += 8) {
         v8 acc = splat8(0);
         for (int64_t k = lo; k < hi; ++k)
-            acc += splat8(perm ? val[perm[k]] : val[k]) * load8(b + (int64_t)col[k] * ldb + m);
+            acc += splat8(perm ? val[perm[k]] : val[k]) * load8(BROW(k) + m);
         store8(y + m, acc);
     }
     for (; m < w; ++m) {
         float acc = 0;
         for (int64_t k = lo; k < hi; ++k)
-            acc += (perm ? val[perm[k]] : val[k]) * b[(int64_t)col[k] * ldb + m];
+            acc += (perm ? val[perm[k]] : val[k]) * BROW(k)[m];
         y[m] = acc;
     }
 }
 
 void dst_spmm(int64_t nbatch, int64_t rows, int64_t m, const int32_t *crow, const int32_t *col,
-              const float *val, const int64_t *perm, const float *b, int64_t ldb, int64_t sb,
-              float *y, int64_t ldy, int64_t sy, int nthreads) {
+              const int64_t *off, const float *val, const int64_t *perm, const float *b,
+              int64_t ldb, int64_t sb, float *y, int64_t ldy, int64_t sy, int nthreads) {
 #pragma omp parallel for collapse(2) schedule(dynamic, 4) num_threads(nthreads)
     for (int64_t n = 0; n < nbatch; ++n) {
         for (int64_t r = 0; r < rows; ++r) {
@@ -68,9 +75,9 @@ void dst_spmm(int64_t nbatch, int64_t rows, int64_t m, const int32_t *crow, cons
             const int64_t lo = crow[r], hi = crow[r + 1];
             int64_t m0 = 0;
             for (; m0 + TILE <= m; m0 += TILE)
-                row_tile(col, val, perm, lo, hi, bn + m0, ldb, yr + m0);
+                row_tile(col, off, val, perm, lo, hi, bn + m0, ldb, yr + m0);
             if (m0 < m)
-                row_rest(col, val, perm, lo, hi, bn + m0, ldb, yr + m0, m - m0);
+                row_rest(col, off, val, perm, lo, hi, bn + m0, ldb, yr + m0, m - m0);
         }
     }
 }
@@ -100,12 +107,12 @@ static inline float dot(const float *x, const float *z, int64_t m) {
 }
 
 /* acc[k - lo] += <a[0:TILE], B[col_k][0:TILE]> for the entries of one row; a in registers. */
-static inline void sddmm_tile(const int32_t *col, int64_t lo, int64_t hi, const float *a,
-                              const float *b, int64_t ldb, float *acc) {
+static inline void sddmm_tile(const int32_t *col, const int64_t *off, int64_t lo, int64_t hi,
+                              const float *a, const float *b, int64_t ldb, float *acc) {
     const v8 x0 = load8(a), x1 = load8(a + 8), x2 = load8(a + 16), x3 = load8(a + 24);
     const v8 x4 = load8(a + 32), x5 = load8(a + 40), x6 = load8(a + 48), x7 = load8(a + 56);
     for (int64_t k = lo; k < hi; ++k) {
-        const float *p = b + (int64_t)col[k] * ldb;
+        const float *p = BROW(k);
         v8 s0 = x0 * load8(p), s1 = x1 * load8(p + 8), s2 = x2 * load8(p + 16);
         v8 s3 = x3 * load8(p + 24);
         s0 += x4 * load8(p + 32); s1 += x5 * load8(p + 40); s2 += x6 * load8(p + 48);
@@ -116,8 +123,8 @@ static inline void sddmm_tile(const int32_t *col, int64_t lo, int64_t hi, const 
 }
 
 void dst_sddmm(int64_t nbatch, int64_t rows, int64_t m, const int32_t *crow, const int32_t *col,
-               const int64_t *operm, const float *a, int64_t lda, int64_t sa, const float *b,
-               int64_t ldb, int64_t sb, float *out, int nthreads) {
+               const int64_t *off, const int64_t *operm, const float *a, int64_t lda, int64_t sa,
+               const float *b_all, int64_t ldb, int64_t sb, float *out, int nthreads) {
 #pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads)
     for (int64_t r = 0; r < rows; ++r) {
         const int64_t lo = crow[r], hi = crow[r + 1];
@@ -127,13 +134,13 @@ void dst_sddmm(int64_t nbatch, int64_t rows, int64_t m, const int32_t *crow, con
             for (int64_t k = c0; k < c1; ++k)
                 acc[k - c0] = 0;
             for (int64_t n = 0; n < nbatch; ++n) {
-                const float *an = a + n * sa + r * lda, *bn = b + n * sb;
+                const float *an = a + n * sa + r * lda, *b = b_all + n * sb;
                 int64_t m0 = 0;
                 for (; m0 + TILE <= m; m0 += TILE)
-                    sddmm_tile(col, c0, c1, an + m0, bn + m0, ldb, acc);
+                    sddmm_tile(col, off, c0, c1, an + m0, b + m0, ldb, acc);
                 if (m0 < m)
                     for (int64_t k = c0; k < c1; ++k)
-                        acc[k - c0] += dot(an + m0, bn + (int64_t)col[k] * ldb + m0, m - m0);
+                        acc[k - c0] += dot(an + m0, BROW(k) + m0, m - m0);
             }
             for (int64_t k = c0; k < c1; ++k)
                 out[operm ? operm[k] : k] = acc[k - c0];

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 
 import torch
 from torch import Tensor, nn
 
 from ..storage import flat_get
+from . import conv
 from .csr import CSRStructure, csr_conv1x1, csr_linear
 
 BACKENDS = ("dense", "csr", "auto")
@@ -21,13 +23,36 @@ WARMUP, REPEATS = 2, 5
 _DECISIONS: dict[tuple, tuple[str, float, float]] = {}
 
 
+def _conv_padding(layer) -> tuple[int, int] | None:
+    """Numeric (ph, pw) of a conv layer, or None for asymmetric 'same' padding."""
+    p = layer.padding
+    if p == "valid":
+        return (0, 0)
+    if p == "same":
+        k = tuple(layer.kernel_size)
+        return None if any(d % 2 == 0 for d in k) else ((k[0] - 1) // 2, (k[1] - 1) // 2)
+    return tuple(int(v) for v in p)
+
+
+def _is_pointwise(layer) -> bool:
+    return tuple(layer.kernel_size) == (1, 1) and _conv_padding(layer) == (0, 0)
+
+
 def csr_eligible(layer: nn.Module) -> bool:
-    """Linear layers, and 1x1 convs with groups=1 and no padding (any stride)."""
+    """Linear layers; convs with groups=1, dilation 1 and zero padding that are 1x1 without
+    padding (any stride: CSR SpMM) or have stride 1 (direct sparse k x k conv, CPU only)."""
     if isinstance(layer, nn.Linear):
         return True
-    k, p = tuple(layer.kernel_size), layer.padding
-    no_pad = p == "valid" or (not isinstance(p, str) and tuple(p) == (0, 0))
-    return k == (1, 1) and layer.groups == 1 and no_pad
+    if layer.groups != 1 or tuple(layer.dilation) != (1, 1) or layer.padding_mode != "zeros":
+        return False
+    if _conv_padding(layer) is None:
+        return False
+    return _is_pointwise(layer) or tuple(layer.stride) == (1, 1)
+
+
+def runnable(layer, x: Tensor) -> bool:
+    """Whether the csr backend can run this layer on this input (k x k convs: CPU only)."""
+    return isinstance(layer, nn.Linear) or _is_pointwise(layer) or conv.runnable(x)
 
 
 def clear_decisions() -> None:
@@ -62,7 +87,16 @@ def csr_forward(layer, x: Tensor) -> Tensor:
         values = layer.active_values()  # slot order = the structure's values order
     if isinstance(layer, nn.Linear):
         return csr_linear(x, values, struct, layer.bias)
-    return csr_conv1x1(x, values, struct, layer.bias, stride=tuple(layer.stride))
+    if _is_pointwise(layer):
+        return csr_conv1x1(x, values, struct, layer.bias, stride=tuple(layer.stride))
+    ksize, pad = tuple(layer.kernel_size), _conv_padding(layer)
+    plans = layer.__dict__.get("_conv_plans")
+    if plans is None or plans[0] is not struct:  # per structure, then per input width
+        plans = layer.__dict__["_conv_plans"] = (struct, {})
+    width = x.shape[-1] + 2 * pad[1]
+    if width not in plans[1]:
+        plans[1][width] = conv.ConvPlan.build(struct, ksize, width)
+    return conv.csr_conv2d(x, values, struct, layer.bias, ksize, pad, plans[1][width])
 
 
 # ----------------------------------------------------------------------------- autotune
@@ -100,8 +134,15 @@ def _input_key(layer, x: Tensor) -> tuple:
 def choose(layer, x: Tensor) -> str:
     """The backend this forward should use ('dense' or 'csr')."""
     if layer.backend == "csr":
-        return "csr"
-    if layer.backend == "dense" or not csr_eligible(layer):
+        if runnable(layer, x):
+            return "csr"
+        if not layer.__dict__.get("_warned_not_runnable"):
+            layer.__dict__["_warned_not_runnable"] = True
+            warnings.warn(f"{type(layer).__name__}{tuple(layer.weight_shape)}: backend='csr' for "
+                          f"k x k convs runs on the native CPU kernels only; this {x.device.type} "
+                          f"{x.dtype} input uses the dense kernels", stacklevel=3)
+        return "dense"
+    if layer.backend == "dense" or not csr_eligible(layer) or not runnable(layer, x):
         return "dense"
     density = layer.density
     key = _input_key(layer, x)

@@ -96,10 +96,10 @@ def _library() -> ctypes.CDLL | None:
     except (NativeBuildError, OSError) as e:
         warnings.warn(f"dst: native CSR kernels unavailable, using PyTorch's: {e}", stacklevel=3)
         return None
-    lib.dst_spmm.argtypes = [_I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _PTR,
-                             _I64, _I64, _INT]
-    lib.dst_sddmm.argtypes = [_I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _PTR, _I64,
-                              _I64, _PTR, _INT]
+    lib.dst_spmm.argtypes = [_I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64,
+                             _PTR, _I64, _I64, _INT]
+    lib.dst_sddmm.argtypes = [_I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _PTR,
+                              _I64, _I64, _PTR, _INT]
     lib.dst_spmm.restype = lib.dst_sddmm.restype = None
     return lib
 
@@ -130,43 +130,50 @@ def _batch(t: torch.Tensor) -> tuple[int, int, int]:
     return t.shape[0], t.stride(0), t.stride(1)
 
 
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
 def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, b: torch.Tensor,
-         perm: torch.Tensor | None = None) -> torch.Tensor:
-    """``S @ b`` for CSR ``S = (crow, col, values[perm])`` and ``b`` (K, M) or (n, K, M).
+         perm: torch.Tensor | None = None, off: torch.Tensor | None = None,
+         m: int | None = None) -> torch.Tensor:
+    """``S @ b`` for CSR ``S = (crow, col, values[perm])`` and ``b`` (K, L) or (n, K, L).
 
     ``perm`` (int64), if given, reads the value of entry ``k`` from ``values[perm[k]]`` (the
-    transposed structure reuses the values of ``W`` this way, with no gather).  Returns a
-    contiguous (R, M) / (n, R, M) tensor.  Caller checks :func:`usable`.
+    transposed structure reuses the values of ``W`` this way, with no gather).  ``off``
+    (int64), if given, makes entry ``k`` read ``b[col[k], off[k] : off[k] + m]``; the caller
+    guarantees those ranges lie inside ``b``'s storage.  ``m`` defaults to ``L``.  Returns a
+    contiguous (R, m) / (n, R, m) tensor.  Caller checks :func:`usable`.
     """
     b = _rows_major(b)
     values = values.contiguous()
-    rows, m = crow.numel() - 1, b.shape[-1]
+    rows, m = crow.numel() - 1, b.shape[-1] if m is None else m
     n, sb, ldb = _batch(b)
     y = b.new_empty(*b.shape[:-2], rows, m)
     _library().dst_spmm(
-        n, rows, m, crow.data_ptr(), col.data_ptr(), values.data_ptr(),
-        None if perm is None else perm.contiguous().data_ptr(), b.data_ptr(), ldb, sb,
-        y.data_ptr(), m, rows * m, torch.get_num_threads(),
+        n, rows, m, _ptr(crow), _ptr(col), _ptr(off), _ptr(values), _ptr(perm), _ptr(b), ldb,
+        sb, _ptr(y), m, rows * m, torch.get_num_threads(),
     )
     return y
 
 
 def sddmm(crow: torch.Tensor, col: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-          out_perm: torch.Tensor | None = None) -> torch.Tensor:
+          out_perm: torch.Tensor | None = None, off: torch.Tensor | None = None) -> torch.Tensor:
     """``out[k] = sum_batch <a[row(k)], b[col(k)]>``: ``a @ b^T`` sampled at the CSR pattern.
 
-    ``a`` is (R, M) or (n, R, M), ``b`` (K, M) or (n, K, M).  Returns (nnz,) in CSR order, or
-    with entry ``k`` at ``out_perm[k]`` (int64) if given.
+    ``a`` is (R, M) or (n, R, M), ``b`` (K, L) or (n, K, L) with ``L == M`` unless ``off`` is
+    given (then entry ``k`` reads ``b[col[k], off[k] : off[k] + M]``, inside ``b``'s storage).
+    Returns (nnz,) in CSR order, or with entry ``k`` at ``out_perm[k]`` (int64) if given.
     """
     a, b = _rows_major(a), _rows_major(b)
-    if a.dim() != b.dim() or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-1]:
+    if a.dim() != b.dim() or a.shape[:-2] != b.shape[:-2] or (
+            off is None and a.shape[-1] != b.shape[-1]):
         raise ValueError(f"sddmm operands do not match: {tuple(a.shape)} and {tuple(b.shape)}")
     n, sa, lda = _batch(a)
     _, sb, ldb = _batch(b)
     out = a.new_empty(col.numel())
     _library().dst_sddmm(
-        n, crow.numel() - 1, a.shape[-1], crow.data_ptr(), col.data_ptr(),
-        None if out_perm is None else out_perm.contiguous().data_ptr(), a.data_ptr(), lda, sa,
-        b.data_ptr(), ldb, sb, out.data_ptr(), torch.get_num_threads(),
+        n, crow.numel() - 1, a.shape[-1], _ptr(crow), _ptr(col), _ptr(off), _ptr(out_perm),
+        _ptr(a), lda, sa, _ptr(b), ldb, sb, _ptr(out), torch.get_num_threads(),
     )
     return out
