@@ -72,22 +72,39 @@ def _geometry(x_shape, kernel_size, padding):
     return hp, wp, ho, wo
 
 
+_BLOCK_PIXELS = 1024  # samples are folded into one row until it holds about this many pixels
+
+
+def _samples_per_block(n: int, plane: int) -> int:
+    """The largest divisor of ``n`` whose padded maps fit in ``_BLOCK_PIXELS`` (at least 1)."""
+    return max(d for d in range(1, n + 1) if n % d == 0 and (d == 1 or d * plane <= _BLOCK_PIXELS))
+
+
 class _CSRConvKxK(torch.autograd.Function):
+    """Buffers are (blocks, channels, pixels): each channel row of a block holds the zero-padded
+    maps of ``nb`` samples back to back (small maps make long rows; large maps stay one sample
+    per block, which keeps a block's input in cache).  Shifted reads never reach from one map
+    into another map's valid region: they land in padding or in dropped columns."""
+
     @staticmethod
     def forward(ctx, x, values, structure, bias, plan, padding, out_format):
         n, c, h, w = x.shape
-        kw, (ph, pw), rows = plan.kernel_size[1], padding, structure.shape[0]
+        (kh, kw), (ph, pw), rows = plan.kernel_size, padding, structure.shape[0]
         hp, wp, ho, wo = _geometry(x.shape, plan.kernel_size, padding)
-        xbuf = x.new_zeros(n, c, hp * wp + kw - 1)  # slack: the last row's largest offset
-        xbuf[..., : hp * wp].view(n, c, hp, wp)[:, :, ph : ph + h, pw : pw + w].copy_(x)
+        nb = _samples_per_block(n, hp * wp)
+        blocks, m = n // nb, nb * hp * wp
+        xbuf = x.new_zeros(blocks, c, m + (kh - 1) * wp + kw - 1)  # slack: the largest offset
+        xv = xbuf[..., :m].view(blocks, c, nb, hp, wp)[..., ph : ph + h, pw : pw + w]
+        xv.copy_(x.reshape(blocks, nb, c, h, w).transpose(1, 2))
         y = native.spmm(structure.crow_indices, plan.chan, values, xbuf, structure.order,
-                        plan.off, m=ho * wp)
+                        plan.off, m=m)
         out = torch.empty((n, rows, ho, wo), dtype=x.dtype, memory_format=out_format)
-        out.copy_(y.view(n, rows, ho, wp)[..., :wo])
+        yv = y.view(blocks, rows, nb, hp, wp)[..., :ho, :wo].transpose(1, 2)
+        out.view(blocks, nb, rows, ho, wo).copy_(yv)
         if bias is not None:
             out.add_(bias.view(1, rows, 1, 1))
         ctx.structure, ctx.plan, ctx.padding, ctx.x_shape = structure, plan, padding, x.shape
-        ctx.in_format = out_format
+        ctx.in_format, ctx.nb = out_format, nb
         ctx.save_for_backward(xbuf if ctx.needs_input_grad[1] else None, values)
         return out
 
@@ -95,23 +112,25 @@ class _CSRConvKxK(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         xbuf, values = ctx.saved_tensors
-        s, plan, (ph, pw) = ctx.structure, ctx.plan, ctx.padding
+        s, plan, (ph, pw), nb = ctx.structure, ctx.plan, ctx.padding, ctx.nb
         n, c, h, w = ctx.x_shape
         (kh, kw), rows = plan.kernel_size, s.shape[0]
         hp, wp, ho, wo = _geometry(ctx.x_shape, plan.kernel_size, ctx.padding)
+        blocks, m = n // nb, nb * hp * wp
         front = (kh - 1) * wp + kw - 1  # the most negative offset of the transposed product
-        gbuf = grad_out.new_zeros(n, rows, front + ho * wp + (kh - 1) * wp)
-        gbuf[..., front : front + ho * wp].view(n, rows, ho, wp)[..., :wo].copy_(grad_out)
+        gbuf = grad_out.new_zeros(blocks, rows, front + m)
+        gv = gbuf[..., front:].view(blocks, rows, nb, hp, wp)[..., :ho, :wo]
+        gv.copy_(grad_out.reshape(blocks, nb, rows, ho, wo).transpose(1, 2))
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
             gx = native.spmm(plan.t_crow, plan.t_row, values, gbuf[..., front:], s.perm,
-                             plan.t_off, m=hp * wp)
+                             plan.t_off, m=m)
             grad_x = torch.empty((n, c, h, w), dtype=gx.dtype, memory_format=ctx.in_format)
-            grad_x.copy_(gx.view(n, c, hp, wp)[:, :, ph : ph + h, pw : pw + w])
+            gxv = gx.view(blocks, c, nb, hp, wp)[..., ph : ph + h, pw : pw + w]
+            grad_x.view(blocks, nb, c, h, w).copy_(gxv.transpose(1, 2))
         if ctx.needs_input_grad[1]:
-            grad_values = native.sddmm(s.crow_indices, plan.chan,
-                                       gbuf[..., front : front + ho * wp], xbuf, s.order,
-                                       plan.off)
+            grad_values = native.sddmm(s.crow_indices, plan.chan, gbuf[..., front:], xbuf,
+                                       s.order, plan.off)
         if ctx.needs_input_grad[3]:
             grad_bias = grad_out.sum((0, 2, 3))
         return grad_x, grad_values, None, grad_bias, None, None, None
