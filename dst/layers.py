@@ -249,11 +249,14 @@ class SparseMixin:
         return probe
 
     def forward(self, x: Tensor) -> Tensor:
+        used = "dense"
         if self.backend != "dense" and not self._capture_grad:
-            self.backend_used = choose(self, x)
-            if self.backend_used == "csr":
-                return csr_forward(self, x)
-        return self._dense_forward(x)
+            used = choose(self, x)
+        self.backend_used = used
+        mode = "train" if torch.is_grad_enabled() else "no_grad"
+        calls = self.__dict__.setdefault("backend_calls", {}).setdefault(mode, {})
+        calls[used] = calls.get(used, 0) + 1
+        return csr_forward(self, x) if used == "csr" else self._dense_forward(x)
 
 
 class SparseConv2d(SparseMixin, nn.Conv2d):

@@ -33,8 +33,7 @@ def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[str, 
             continue
         if name in sparse:
             shape, size, n = m.weight_shape, m.numel_dense, m.n_active
-            used = m.backend if m.backend != "auto" else f"auto->{m.backend_used}"
-            kind = f"sparse/{m.format} ({used})"
+            kind = f"sparse/{m.format} ({_backend_note(m)})"
         else:
             shape, size, kind = tuple(m.weight.shape), m.weight.numel(), "dense"
             n = size
@@ -58,6 +57,19 @@ def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[str, 
     return "\n".join(lines), totals
 
 
-def layer_backends(model: nn.Module) -> dict[str, str]:
-    """The backend each sparse layer ran on its last forward (after autotuning)."""
-    return {n: m.backend_used for n, m in sparse_layers(model)}
+def _backend_note(m) -> str:
+    """``csr``, ``dense``, or for ``auto`` what training forwards ran so far (``auto: csr``)."""
+    train = m.__dict__.get("backend_calls", {}).get("train")
+    if m.backend != "auto" or not train:
+        return m.backend
+    return "auto: " + " ".join(f"{k} {v}" for k, v in sorted(train.items())) if len(train) > 1 \
+        else f"auto: {next(iter(train))}"
+
+
+def layer_backends(model: nn.Module) -> dict[str, dict]:
+    """Per sparse layer: its ``backend`` setting and how many forwards ran on each kernel, with
+    and without autograd (``auto`` may pick differently for training and evaluation, and again
+    after the engine moved the layer's density), e.g. ``{"backend": "auto", "train": {"csr":
+    1490, "dense": 10}, "no_grad": {"dense": 90}}``.  Counts start at 0 in each process."""
+    return {n: {"backend": m.backend, **m.__dict__.get("backend_calls", {})}
+            for n, m in sparse_layers(model)}

@@ -150,3 +150,24 @@ def test_auto_under_no_grad_times_forward_only():
     assert layer.backend_used in ("dense", "csr") and not y.requires_grad
     keys = [k for k in backends._DECISIONS]
     assert len(keys) == 1 and keys[0][-2] is False  # the grad-enabled flag is part of the key
+
+
+def test_run_summary_counts_the_kernels_each_layer_ran(monkeypatch):
+    """auto may pick differently with and without autograd: the summary reports both."""
+    from dst.summary import layer_backends, model_summary
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    dst.sparsify_(model, 0.5, backend="auto")
+    def fake_time(fn, x, params):  # csr wins with autograd, dense without
+        is_dense = getattr(fn, "__name__", "") == "_dense_forward"
+        return 1.0 if torch.is_grad_enabled() == is_dense else 0.5
+
+    monkeypatch.setattr(backends, "_time_fwd_bwd", fake_time)
+    x = torch.randn(4, 8)
+    for _ in range(3):
+        model(x).sum().backward()
+    with torch.no_grad():
+        model(x)
+    got = layer_backends(model)
+    assert got["0"] == {"backend": "auto", "train": {"csr": 3}, "no_grad": {"dense": 1}}
+    assert "sparse/dense (auto: csr)" in model_summary(model, (8,))[0]

@@ -84,10 +84,16 @@ void dst_spmm(int64_t nbatch, int64_t rows, int64_t m, const int32_t *crow, cons
 
 typedef int32_t v8i __attribute__((vector_size(32)));
 
+#if defined(__clang__)
+#define SHUFFLE8(v, a, b, c, d, e, f, g, h) __builtin_shufflevector(v, v, a, b, c, d, e, f, g, h)
+#else
+#define SHUFFLE8(v, a, b, c, d, e, f, g, h) __builtin_shuffle(v, (v8i){a, b, c, d, e, f, g, h})
+#endif
+
 static inline float hsum8(v8 v) {
-    v += __builtin_shuffle(v, (v8i){4, 5, 6, 7, 0, 1, 2, 3});
-    v += __builtin_shuffle(v, (v8i){2, 3, 0, 1, 6, 7, 4, 5});
-    v += __builtin_shuffle(v, (v8i){1, 0, 3, 2, 5, 4, 7, 6});
+    v += SHUFFLE8(v, 4, 5, 6, 7, 0, 1, 2, 3);
+    v += SHUFFLE8(v, 2, 3, 0, 1, 6, 7, 4, 5);
+    v += SHUFFLE8(v, 1, 0, 3, 2, 5, 4, 7, 6);
     return v[0];
 }
 
@@ -125,25 +131,35 @@ static inline void sddmm_tile(const int32_t *col, const int64_t *off, int64_t lo
 void dst_sddmm(int64_t nbatch, int64_t rows, int64_t m, const int32_t *crow, const int32_t *col,
                const int64_t *off, const int64_t *operm, const float *a, int64_t lda, int64_t sa,
                const float *b_all, int64_t ldb, int64_t sb, float *out, int nthreads) {
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads)
-    for (int64_t r = 0; r < rows; ++r) {
-        const int64_t lo = crow[r], hi = crow[r + 1];
-        float acc[256];
-        for (int64_t c0 = lo; c0 < hi; c0 += 256) { /* chunks of a row's entries */
-            const int64_t c1 = c0 + 256 < hi ? c0 + 256 : hi;
-            for (int64_t k = c0; k < c1; ++k)
-                acc[k - c0] = 0;
-            for (int64_t n = 0; n < nbatch; ++n) {
-                const float *an = a + n * sa + r * lda, *b = b_all + n * sb;
-                int64_t m0 = 0;
-                for (; m0 + TILE <= m; m0 += TILE)
-                    sddmm_tile(col, off, c0, c1, an + m0, b + m0, ldb, acc);
-                if (m0 < m)
+    const int64_t nnz = crow[rows];
+#pragma omp parallel num_threads(nthreads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < nnz; ++k)
+            out[k] = 0;
+        /* Batch entries one after the other (all rows of entry n, then n + 1): the rows share
+         * entry n's operands while they are in cache.  The barrier closing each `omp for` orders
+         * the += of successive entries. */
+        for (int64_t n = 0; n < nbatch; ++n) {
+            const float *b = b_all + n * sb;
+#pragma omp for schedule(dynamic, 4)
+            for (int64_t r = 0; r < rows; ++r) {
+                const float *an = a + n * sa + r * lda;
+                float acc[256];
+                for (int64_t c0 = crow[r]; c0 < crow[r + 1]; c0 += 256) { /* chunks of a row */
+                    const int64_t c1 = c0 + 256 < crow[r + 1] ? c0 + 256 : crow[r + 1];
                     for (int64_t k = c0; k < c1; ++k)
-                        acc[k - c0] += dot(an + m0, BROW(k) + m0, m - m0);
+                        acc[k - c0] = 0;
+                    int64_t m0 = 0;
+                    for (; m0 + TILE <= m; m0 += TILE)
+                        sddmm_tile(col, off, c0, c1, an + m0, b + m0, ldb, acc);
+                    if (m0 < m)
+                        for (int64_t k = c0; k < c1; ++k)
+                            acc[k - c0] += dot(an + m0, BROW(k) + m0, m - m0);
+                    for (int64_t k = c0; k < c1; ++k)
+                        out[operm ? operm[k] : k] += acc[k - c0];
+                }
             }
-            for (int64_t k = c0; k < c1; ++k)
-                out[operm ? operm[k] : k] = acc[k - c0];
         }
     }
 }
