@@ -249,10 +249,10 @@ class SparseMixin:
         return probe
 
     def forward(self, x: Tensor) -> Tensor:
-        used = "dense"
-        if self.backend != "dense" and not self._capture_grad:
-            used = choose(self, x)
-        self.backend_used = used
+        if self.backend == "dense":
+            return self._dense_forward(x)
+        used = "dense" if self._capture_grad else choose(self, x)
+        self.backend_used = used  # counted per mode for the run summary (csr / auto layers)
         mode = "train" if torch.is_grad_enabled() else "no_grad"
         calls = self.__dict__.setdefault("backend_calls", {}).setdefault(mode, {})
         calls[used] = calls.get(used, 0) + 1

@@ -62,14 +62,16 @@ def _backend_note(m) -> str:
     train = m.__dict__.get("backend_calls", {}).get("train")
     if m.backend != "auto" or not train:
         return m.backend
-    return "auto: " + " ".join(f"{k} {v}" for k, v in sorted(train.items())) if len(train) > 1 \
-        else f"auto: {next(iter(train))}"
+    if len(train) == 1:
+        return f"auto: {next(iter(train))}"
+    return "auto: " + " ".join(f"{k} {v}" for k, v in sorted(train.items()))
 
 
 def layer_backends(model: nn.Module) -> dict[str, dict]:
-    """Per sparse layer: its ``backend`` setting and how many forwards ran on each kernel, with
-    and without autograd (``auto`` may pick differently for training and evaluation, and again
-    after the engine moved the layer's density), e.g. ``{"backend": "auto", "train": {"csr":
-    1490, "dense": 10}, "no_grad": {"dense": 90}}``.  Counts start at 0 in each process."""
+    """Per sparse layer: its ``backend`` setting and, for ``csr``/``auto`` layers, how many
+    forwards ran on each kernel, with and without autograd (``auto`` may pick differently for
+    training and evaluation, and again after the engine moved the layer's density), e.g.
+    ``{"backend": "auto", "train": {"csr": 1490, "dense": 10}, "no_grad": {"dense": 90}}``.
+    Counts start at 0 in each process."""
     return {n: {"backend": m.backend, **m.__dict__.get("backend_calls", {})}
             for n, m in sparse_layers(model)}

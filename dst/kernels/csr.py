@@ -31,8 +31,8 @@ __all__ = ["CSRStructure", "CSRCache", "CSRLinearFunction", "csr_linear", "csr_c
 
 _PER_SAMPLE_MIN_HW = 512  # H*W from which contiguous NCHW 1x1 convs run per sample on CPU
 _SDDMM_CHUNK = 1 << 22  # max elements of the batched-SDDMM temporary in the NCHW conv path
-# dtypes computed natively per device type; everything else goes through float32.
-_NATIVE_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64)}
+# dtypes computed in their own precision per device type; everything else goes through float32.
+_COMPUTE_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64)}
 
 
 def _spmm(s: CSRStructure, values: torch.Tensor, b: torch.Tensor, transpose: bool = False):
@@ -104,8 +104,8 @@ def _resolve_dtypes(x: torch.Tensor, values: torch.Tensor) -> tuple[torch.dtype,
     amp = _autocast_dtype(x.device.type)
     if amp is not None and out_dtype != torch.float64:
         out_dtype = amp
-    native = _NATIVE_DTYPES.get(x.device.type, (torch.float32, torch.float64))
-    compute = out_dtype if out_dtype in native else torch.float32
+    own = _COMPUTE_DTYPES.get(x.device.type, (torch.float32, torch.float64))
+    compute = out_dtype if out_dtype in own else torch.float32
     return out_dtype, compute
 
 
