@@ -1,13 +1,14 @@
 """Direct sparse k x k convolution (stride 1, groups 1, zero padding) on the native CPU kernels.
 
-No im2col: the input is zero-padded into a buffer of row-flattened feature maps
-``(N, C, Hp * Wp + slack)``.  An active weight ``(o, c, i, j)`` then adds ``v * xpad[c]``
-shifted by ``i * Wp + j`` to ``y[o]`` over the output map laid out with the *padded* width
-(``Ho * Wp``; the ``Wp - Wo`` extra columns per row are dropped), which is one SpMM whose
-entries carry a column offset: ``col = c``, ``off = i * Wp + j``.  Backward: the input gradient
-is the same product with the transposed structure and negated offsets on a zero-padded copy of
-the output gradient, and the weight gradient an SDDMM with the same offsets, both only over
-active weights.  Work grows with the number of non-zeros, not with ``C * k * k``.
+No im2col: the input is zero-padded into buffers of row-flattened feature maps, one row per
+channel per block of samples (``(blocks, C, nb * Hp * Wp + slack)``; see :class:`_CSRConvKxK`).
+An active weight ``(o, c, i, j)`` then adds ``v * xpad[c]`` shifted by ``i * Wp + j`` to
+``y[o]`` over the output maps laid out with the *padded* width (the ``Wp - Wo`` extra columns
+per row are dropped), which is one SpMM whose entries carry a column offset: ``col = c``,
+``off = i * Wp + j``.  Backward: the input gradient is the same product with the transposed
+structure and negated offsets on a zero-padded copy of the output gradient, and the weight
+gradient an SDDMM with the same offsets, both only over active weights.  Work grows with the
+number of non-zeros, not with ``C * k * k``.
 
 Only CPU with the native kernels (:func:`runnable`); inputs of other float dtypes are computed
 in float32 and returned in their dtype (like :func:`~dst.kernels.csr.csr_linear`).

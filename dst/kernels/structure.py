@@ -89,11 +89,12 @@ class CSRStructure:
             raise ValueError("flat_indices must be unique")
         if bool((order == torch.arange(order.numel(), device=order.device)).all()):
             order = None
-        return cls._build((rows, cols), flat, order, index_dtype)
+        return cls._build((rows, cols), flat, order, index_dtype, flat_indices.long())
 
     @classmethod
-    def _build(cls, shape, flat, order, index_dtype) -> CSRStructure:
-        """``flat``: sorted flat positions; ``order``: CSR position -> values position."""
+    def _build(cls, shape, flat, order, index_dtype, values_flat=None) -> CSRStructure:
+        """``flat``: sorted flat positions; ``order``: CSR position -> values position;
+        ``values_flat``: the flat positions in values order (``flat`` when ``order`` is None)."""
         (rows, cols), nnz = shape, int(flat.numel())
         if index_dtype is None:
             index_dtype = torch.int32 if max(nnz, rows, cols) <= _INT32_MAX else torch.int64
@@ -106,8 +107,8 @@ class CSRStructure:
         idx = (_offsets(row_idx, rows), col_idx, _offsets(col_idx, cols), row_idx[perm])
         if order is not None:
             perm = order[perm]
-            flat = flat.new_empty(nnz).index_copy_(0, order, flat)  # values order
-        return cls(shape, *(t.to(index_dtype) for t in idx), perm, flat, order)
+        values_flat = flat if order is None else values_flat
+        return cls(shape, *(t.to(index_dtype) for t in idx), perm, values_flat, order)
 
     @property
     def nnz(self) -> int:
