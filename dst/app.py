@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import convert
 from ._checks import check_choice, check_density
 from .engine import SparseEngine
+from .environment import environment
 from .loop import Run, finish, fit, fit_lottery
 from .runlog import RunLog
 from .schedules import PeriodSchedule
@@ -22,6 +26,7 @@ from .summary import model_summary
 from .trainer import (
     AMP_MODES,
     CheckpointError,
+    atomic_write,
     build_scheduler,
     load_checkpoint,
     make_scaler,
@@ -35,6 +40,14 @@ SPARSITY_NAMES = ("dense", "static", "dsr", "set", "rigl", "snfs", "snip", "thin
 FILTERS = ("paper", "paper_sparse_fc", "all")
 UNITS = ("fraction", "epoch", "step")
 COMPAT_KEYS = ("model", "sparsity", "data.name", "optim.optimizer._target_")
+# sparsity keys a preset never reads: overriding one is an error, not a silent no-op
+UNUSED_KEYS = {
+    "dense": ("density", "distribution", "format", "filter", "backend", "init", "method",
+              "schedule"),
+    "thin_dense": ("distribution", "format", "backend", "init", "method", "schedule"),
+    "snip": ("distribution",),
+    "static": ("schedule",), "static_from_mask": ("schedule",), "lottery": ("schedule",),
+}
 
 
 class ConfigError(ValueError):
@@ -42,11 +55,22 @@ class ConfigError(ValueError):
 
 
 def build(node, **kwargs):
-    """``hydra.utils.instantiate`` re-raising the target's own error (clear message)."""
+    """``hydra.utils.instantiate`` re-raising the target's own error (clear message); a key the
+    target does not take is named with the ones it does."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
-        raise (e.__cause__ or e) from None
+        cause = e.__cause__ or e
+        target = node.get("_target_") if isinstance(node, (dict, DictConfig)) else None
+        if isinstance(cause, TypeError) and "keyword argument" in str(cause) and target:
+            try:
+                params = [p for p in inspect.signature(get_object(target)).parameters
+                          if p not in ("self", "args", "kwargs")]
+            except (ImportError, ValueError, TypeError):
+                params = []
+            raise ConfigError(f"{target} does not take that option ({cause}); it takes: "
+                              f"{', '.join(params)}") from None
+        raise cause from None
 
 
 # ----------------------------------------------------------------------------- setup
@@ -68,7 +92,8 @@ def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Every error a config can be found to hold before anything is built."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing value for {', '.join(missing)}: set it on the command line,"
@@ -77,6 +102,11 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(t.epochs, int) or t.epochs < 1:
         raise ConfigError(f"trainer.epochs must be an int >= 1, got {t.epochs!r}")
     check_choice(t.amp, AMP_MODES, "trainer.amp")
+    scale = t.get("amp_init_scale")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not 0 < scale < float("inf")):
+        raise ConfigError(f"trainer.amp_init_scale must be a positive number or null, got "
+                          f"{scale!r}")
     check_choice(s.name, SPARSITY_NAMES, "sparsity")
     check_choice(s.filter, FILTERS, "sparsity.filter")
     if s.name != "dense":
@@ -85,6 +115,14 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"sparsity={s.name} needs a sparsity.method")
     if s.schedule is not None:
         check_choice(s.schedule.unit, UNITS, "sparsity.schedule.unit")
+    unused = UNUSED_KEYS.get(s.name, ())
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        parts = key.split(".")
+        if parts[0] == "sparsity" and len(parts) > 1 and parts[1] in unused:
+            raise ConfigError(f"sparsity={s.name} does not use sparsity.{parts[1]} (override "
+                              f"{o!r}); drop it or choose a preset that does, e.g. "
+                              "sparsity=static|dsr|set|rigl|snfs")
 
 
 def engine_schedule(sched, epochs: int, steps_per_epoch: int):
@@ -178,8 +216,8 @@ def _sparsify(cfg: DictConfig, model, info: dict) -> None:
             raise ConfigError(f"sparsity.init_from: no weights for {missing[:5]} in the source")
 
 
-def setup(cfg: DictConfig, out_dir: Path) -> Run:
-    validate(cfg)
+def setup(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> Run:
+    validate(cfg, overrides)
     t, s = cfg.trainer, cfg.sparsity
     if t.num_threads:
         torch.set_num_threads(int(t.num_threads))
@@ -222,7 +260,8 @@ def setup(cfg: DictConfig, out_dir: Path) -> Run:
                     layer_names=[n for n, _ in layers],
                     layer_sizes=[m.numel_dense for _, m in layers])
     return Run(cfg, out_dir, rank, world, device, mem, data, model, net, optimizer, scheduler,
-               make_scaler(device, t.amp), engine, runlog, spe, info, init_state)
+               make_scaler(device, t.amp, t.get("amp_init_scale")), engine, runlog, spe, info,
+               init_state)
 
 
 def restore(r: Run, path: Path) -> None:
@@ -248,10 +287,11 @@ def restore(r: Run, path: Path) -> None:
         log.info("resumed from %s at epoch %d (step %d)", path, r.epoch, r.step)
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict:
+def run(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> dict:
     """Build the run described by ``cfg``, train it in ``out_dir`` and return its summary
-    (``{"finished": False, ...}`` when ``trainer.stop_after`` ended it early)."""
-    r = setup(cfg, out_dir)
+    (``{"finished": False, ...}`` when ``trainer.stop_after`` ended it early). ``overrides``
+    (the command line's) are checked for keys the chosen preset would ignore."""
+    r = setup(cfg, out_dir, overrides)
     t = cfg.trainer
     init_path = out_dir / "checkpoints" / "init.pt"
     resume = _resume_path(t.resume, out_dir)
@@ -264,8 +304,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         save_checkpoint(init_path, {"format": "dst-checkpoint-v1", "model": r.init_state,
                                     "config": OmegaConf.to_container(cfg)})
     text, totals = model_summary(r.model, r.data.input_shape)  # incl. per-layer dense MACs
+    r.info["environment"] = env = environment()  # versions, commit, CPU/GPU model
     if r.main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / "environment.json",
+                     lambda p: p.write_text(json.dumps(env, indent=2) + "\n"))
         (out_dir / "model_summary.txt").write_text(text + "\n")
         log.info("model summary\n%s", text)
         log.info("data %s: %d train batches/epoch (x%d ranks), %d eval batches; device %s",

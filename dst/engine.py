@@ -18,16 +18,38 @@ from .storage import Change, commit
 _RESIDUE_LAYER = -1  # rng key for the allocation's random residue
 
 
-def smallest(scores: Tensor, k: int) -> Tensor:
-    """Positions of the ``k`` smallest ``scores`` (ties at the cut broken by position)."""
+def select(scores: Tensor, k: int, flat: Tensor | None = None, *,
+           largest: bool = False) -> Tensor:
+    """Positions of the ``k`` lowest (``largest``: highest) ``scores``, ascending.
+
+    The canonical rule: among equal scores at the cut, the smaller flat index wins (``flat[i]``
+    is the flat weight index of position ``i``; the position itself when ``flat`` is None), so
+    the selected set never depends on the order a cache or bank holds the weights in."""
+    n = scores.numel()
     if k <= 0:
         return torch.empty(0, dtype=torch.long, device=scores.device)
-    if k >= scores.numel():
-        return torch.arange(scores.numel(), device=scores.device)
-    kth = torch.kthvalue(scores, k).values
-    below = (scores < kth).nonzero().squeeze(1)
-    ties = (scores == kth).nonzero().squeeze(1)[: k - below.numel()]
-    return torch.cat([below, ties])
+    if k >= n:
+        return torch.arange(n, device=scores.device)
+    if bool(torch.isnan(scores).any()):
+        raise FloatingPointError("a sparsity score is NaN: the weights or gradients are not "
+                                 "finite (the loss diverged); lower the learning rate")
+    s = scores.neg() if largest else scores
+    kth = torch.kthvalue(s, k).values
+    chosen = s < kth
+    ties = (s == kth).nonzero().squeeze(1)
+    need = k - int(chosen.sum())
+    key = ties if flat is None else flat.index_select(0, ties)
+    chosen[ties.index_select(0, key.argsort()[:need])] = True
+    return chosen.nonzero().squeeze(1)
+
+
+def _check_finite(tensors, step: int, what: str) -> None:
+    for t in tensors:
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise FloatingPointError(
+                f"a {what} of a sparse layer is not finite at optimizer step {step}: training "
+                "diverged (NaN/inf loss). Lower the learning rate; with fp16 AMP use a "
+                "GradScaler, whose skipped steps the engine ignores")
 
 
 @dataclass
@@ -73,6 +95,8 @@ class SparseEngine:
         self.seed = int(seed)
         self.check_invariants = check
         self.step_count = 0
+        self.skipped_steps = 0
+        self._hook_optimizer(optimizer)
         banks = {id(m._bank) for _, m in self.layers if m.format == "compact"}
         if method.shrinks and banks:
             raise ValueError(f"{type(method).__name__} removes weights for good and the compact "
@@ -83,10 +107,26 @@ class SparseEngine:
                              "compact layers hold separate banks: build them with "
                              "dst.sparsify_(..., format='compact') or call dst.share_bank_(model)"
                              " before creating the optimizer")
+        self._check_schedule()
         self.reset_budget()
         self._arm(self.step_count + 1)
 
     # -- schedule -----------------------------------------------------------------------------
+    def _check_schedule(self) -> None:
+        """Errors that would otherwise surface at the first update, minutes into a run."""
+        if not self.method.changes_masks:
+            return
+        name = type(self.method).__name__
+        if self.stop_step is None:
+            if self.method.needs_stop_step:
+                raise ValueError(f"{self.method!r} needs the engine's stop_step (the step its "
+                                 "schedule ends at, e.g. 75 % of training): pass stop_step=... "
+                                 "or, where it decays a fraction, decay='constant'")
+        elif self._last_update() is None:
+            raise ValueError(f"{name} would never update: no update step of {self.schedule} "
+                             f"comes before stop_step={self.stop_step}; shorten the period, "
+                             "move the stop later, or use Static() for a fixed mask")
+
     def is_update_step(self, step: int) -> bool:
         if not self.method.changes_masks:
             return False
@@ -122,7 +162,35 @@ class SparseEngine:
         return grads
 
     # -- the update ---------------------------------------------------------------------------
+    def _count_optimizer_step(self, *_args) -> None:
+        self._optimizer_steps += 1
+
+    def _hook_optimizer(self, optimizer) -> None:
+        """Count real optimizer steps: ``GradScaler.step`` skips ``optimizer.step()`` when the
+        gradients hold inf/NaN, and then the step hook does not run."""
+        self._optimizer_steps = self._steps_seen = 0
+        self._hook = None
+        if isinstance(optimizer, torch.optim.Optimizer):
+            self._hook = optimizer.register_step_post_hook(self._count_optimizer_step)
+
+    def optimizer_stepped(self) -> bool:
+        """Did the optimizer step since the last :meth:`step`? (True without an optimizer.)"""
+        return self._hook is None or self._optimizer_steps != self._steps_seen
+
+    # -- the update ---------------------------------------------------------------------------
     def step(self) -> UpdateReport | None:
+        """Advance one optimizer step; update the masks when the schedule says so.
+
+        When the optimizer did not step since the last call (an fp16 AMP overflow: the
+        ``GradScaler`` skipped it), nothing happens: the step is not counted, no statistic is
+        recorded, the gradients captured for it are dropped, and an update due now is taken at
+        the next real step. ``skipped_steps`` counts such calls."""
+        if not self.optimizer_stepped():
+            self.skipped_steps += 1
+            for _, m in self.layers:
+                m.pop_dense_grad()
+            return None
+        self._steps_seen = self._optimizer_steps
         self.step_count += 1
         t = self.step_count
         report = None
@@ -131,11 +199,14 @@ class SparseEngine:
             if any(g is None for g in grads):
                 raise RuntimeError(f"{type(self.method).__name__} needs a gradient every step: "
                                    "call loss.backward() before engine.step()")
+            _check_finite(grads, t, "gradient")
             self.method.observe(t, grads)
             if self.is_update_step(t):
                 report = self._update(t, grads)
         elif self.is_update_step(t):
             grads = self._dense_grads() if self.method.dense_grad == "update" else None
+            if grads is not None:
+                _check_finite(grads, t, "gradient")
             report = self._update(t, grads)
         self._arm(t + 1)
         return report
@@ -147,13 +218,14 @@ class SparseEngine:
             active = m.active_indices()
             states.append(LayerState(i, name, m, active, m.active_values(active).detach(),
                                      m.numel_dense, None if grads is None else grads[i]))
+        _check_finite([st.values for st in states], t, "weight")
         ctx = UpdateContext(t, self.stop_step, self.budget, self.seed, states,
                             self._last_update())
         orders = self.method.prune(ctx)
         prune_pos = []
         for st, (scores, k) in zip(states, orders, strict=True):
             k = max(0, min(int(k), st.n_active - 1))
-            prune_pos.append(smallest(scores, k))
+            prune_pos.append(select(scores, k, st.active))
         pruned = [int(p.numel()) for p in prune_pos]
         plan = self.method.grow(ctx, pruned)
         regrow = self.method.regrow_pruned
@@ -185,7 +257,7 @@ class SparseEngine:
                                     n_free=cap)
             elif g:
                 s = scores.reshape(-1).to(b.device).masked_fill(b, float("-inf"))
-                grown = torch.topk(s, g, sorted=False).indices
+                grown = select(s, g, largest=True)
             else:
                 grown = torch.empty(0, dtype=torch.long)
             changes.append(Change(st.layer, st.active, pos, grown.to(st.active.device)))

@@ -111,26 +111,22 @@ class SparseMixin:
         return self.n_active / self.numel_dense
 
     def active_indices(self) -> Tensor:
-        """Flat (row-major) indices of the active weights, unique but not necessarily sorted
-        (the compact format's bank slot order; for the dense format, cached between updates)."""
+        """Flat (row-major) indices of the active weights, unique: in flat-index order for the
+        dense format (cached until the mask changes), in bank slot order for the compact one."""
         if self.format == "compact":
             return self.indices
+        key = self._mask_key()
         cache = self.__dict__.get("_active_cache")
-        if cache is not None and cache[0] == self._mask_key():
+        if cache is not None and cache[0] == key:
             return cache[1]
-        idx = self.mask.reshape(-1).view(torch.uint8).nonzero().squeeze(1)
-        self.cache_active(idx)
+        idx = self._buffers["mask"].reshape(-1).view(torch.uint8).nonzero().squeeze(1)
+        self.__dict__["_active_cache"] = (key, idx)
         return idx
 
     def _mask_key(self) -> tuple:
+        """Changes whenever the mask does (storage or in-place version)."""
         m = self._buffers["mask"]
         return (m.data_ptr(), m._version, m.device)
-
-    def cache_active(self, indices: Tensor) -> None:
-        """Remember the active indices of the current mask (dense format; any in-place change
-        of the mask invalidates it)."""
-        if self.format == "dense":
-            self.__dict__["_active_cache"] = (self._mask_key(), indices)
 
     def active_values(self, indices: Tensor | None = None) -> Tensor:
         """Values of the active weights, in the order of :meth:`active_indices` (a view for

@@ -241,6 +241,7 @@ def finish(r: Run, totals: dict) -> dict:
         "backends": layer_backends(r.model),
         "method_state": engine.method.state() if engine is not None else {},
         "engine_steps": engine.step_count if engine is not None else 0,
+        "skipped_optimizer_steps": engine.skipped_steps if engine is not None else 0,
         "replica_fingerprints": gather_fingerprints(r.model, r.world), **r.info,
     }
     if len(set(summary["replica_fingerprints"])) > 1:

@@ -223,7 +223,8 @@ def _commit_dense(ch: Change, optimizer) -> None:
         flat_fill_(layer.weight, pruned, 0.0)
         flat_fill_(layer.weight, grown, 0.0)
     _zero_state_(optimizer, layer.weight, torch.cat([pruned, grown]))
-    layer.cache_active(_repacked_layer(ch, 0)[0])
+    # the mask changed in place, so the layer's cached active indices are rebuilt from it on
+    # the next use: always in flat-index order, as after a load_state_dict (no history)
 
 
 def _repacked_layer(ch: Change, offset: int) -> tuple[Tensor, Tensor]:

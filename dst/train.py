@@ -29,7 +29,8 @@ USER_ERRORS = (ConfigError, CheckpointError, ValueError, FileNotFoundError, Type
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _main(cfg: DictConfig) -> None:
     try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        hc = HydraConfig.get()
+        run(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
     except USER_ERRORS as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"dst-train: error: {msg}", file=sys.stderr)

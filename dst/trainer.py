@@ -70,8 +70,11 @@ def autocast_ctx(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def make_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
-    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+def make_scaler(device: torch.device, amp: str,
+                init_scale: float | None = None) -> torch.amp.GradScaler:
+    """fp16's loss scaler (``init_scale``: its first scale; None keeps torch's 2**16)."""
+    kwargs = {} if init_scale is None else {"init_scale": float(init_scale)}
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16", **kwargs)
 
 
 # ----------------------------------------------------------------------------- loops
@@ -95,6 +98,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, engine, *, device, amp:
     """One pass over ``loader``: forward, backward, ``optimizer.step()``, ``engine.step()``."""
     model.train()
     total_loss = correct = seen = 0.0
+    skipped = 0
     n_batches = len(loader) if limit is None else min(limit, len(loader))
     for i, (x, y) in enumerate(loader):
         if i >= n_batches:
@@ -105,29 +109,34 @@ def train_one_epoch(model: nn.Module, loader, optimizer, engine, *, device, amp:
             out = model(x)
             loss = F.cross_entropy(out, y)
         optimizer.zero_grad(set_to_none=True)
+        lv = float(loss.detach())
         if scaler is not None and scaler.is_enabled():
+            # an inf/NaN gradient makes the scaler skip optimizer.step(); the engine notices
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
+            if not math.isfinite(lv):
+                raise FloatingPointError(
+                    f"training loss is {lv} at batch {i}: training diverged. Lower optim.lr; "
+                    "with trainer.amp=fp16 a GradScaler skips such steps instead")
             loss.backward()
             optimizer.step()
         if engine is not None:
             report = engine.step()
             if report is not None and on_report is not None:
                 on_report(report)
-        lv = float(loss.detach())
-        if not math.isfinite(lv):
-            raise FloatingPointError(f"training loss is {lv} at batch {i}; lower the LR or "
-                                     "turn AMP off")
-        total_loss += lv * y.numel()
-        correct += float((out.detach().argmax(1) == y).sum())
-        seen += y.numel()
+        if math.isfinite(lv):  # a non-finite fp16 loss (a skipped step) stays out of the means
+            total_loss += lv * y.numel()
+            correct += float((out.detach().argmax(1) == y).sum())
+            seen += y.numel()
+        else:
+            skipped += 1
         if on_step is not None:
             on_step(i + 1, n_batches, lv)
     total_loss, correct, seen = _sum_across([total_loss, correct, seen], device)
     return {"loss": total_loss / max(seen, 1), "acc": 100.0 * correct / max(seen, 1),
-            "batches": n_batches, "images": int(seen)}
+            "batches": n_batches, "images": int(seen), "nonfinite_losses": skipped}
 
 
 @torch.no_grad()

@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+import dst
+
 
 class TinyNet(nn.Module):
     """Convs (plain, grouped, depthwise, dilated) and Linear layers: every kind of sparse layer."""
@@ -42,3 +44,36 @@ def train_steps(model, opt, engine, start: int, steps: int, on_step=None):
             on_step(r)
         reports.append(r)
     return reports
+
+
+class Rows(nn.Module):
+    """Independent bias-free ``Linear(n_l, 1)`` layers, each reading its own slice of one input
+    row; the output is the sum of theirs, so d(output)/d(weight_l) is exactly x's slice l: a test
+    chooses every layer's weights *and* its gradient by hand. Zero weights are left inactive by
+    :func:`rows_model`."""
+
+    def __init__(self, *weights):
+        super().__init__()
+        self.sizes = [len(w) for w in weights]
+        self.layers = nn.ModuleList(nn.Linear(n, 1, bias=False) for n in self.sizes)
+        with torch.no_grad():
+            for lin, w in zip(self.layers, weights, strict=True):
+                lin.weight.copy_(torch.tensor([w]))
+
+    def forward(self, x):
+        parts = x.reshape(1, -1).split(self.sizes, dim=1)
+        return sum(lin(p).sum() for lin, p in zip(self.layers, parts, strict=True))
+
+
+def rows_model(*weights):
+    """A sparse :class:`Rows` (dense format) whose active weights are the non-zero ones given;
+    its sparse layers are named ``layers.0``, ``layers.1``, ..."""
+    model = Rows(*weights)
+    dst.sparsify_(model, 1.0)
+    dst.set_masks_(model, {f"layers.{i}": torch.tensor([w]) != 0 for i, w in enumerate(weights)})
+    return model
+
+
+def active_positions(model) -> dict[str, list[int]]:
+    """Sorted flat indices of each sparse layer's active weights."""
+    return {n: sorted(m.active_indices().tolist()) for n, m in dst.sparse_layers(model)}

@@ -49,6 +49,9 @@ def test_each_sparsity_preset_trains(sparsity, tmp_path):
         cfg.sparsity.schedule.stop = 5
     summary = run(cfg, tmp_path)
     assert summary["finished"] and summary["epochs"] == 2
+    env = json.loads((tmp_path / "environment.json").read_text())
+    assert env == summary["environment"]  # resolved versions and the machine, per run
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0] and env["cpu_model"]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     m = [json.loads(x) for x in lines]
     assert [x["epoch"] for x in m] == [1, 2] and m[-1]["step"] == 6
@@ -123,7 +126,9 @@ def _cli(args, tmp_path, env=None, timeout=240):
 
 
 def test_cli_smoke_run(tmp_path):
-    r = _cli([*QUICK, "sparsity=dsr", "trainer.epochs=1"], tmp_path)
+    r = _cli([*QUICK, "sparsity=dsr", "trainer.epochs=1", "sparsity.schedule.unit=step",
+              "sparsity.schedule.period_unit=step", "sparsity.schedule.period=[[0,1]]",
+              "sparsity.schedule.stop=3"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "summary.json").read_text())["finished"]
     assert "epoch 1/1" in (tmp_path / "train.log").read_text()
@@ -136,12 +141,20 @@ def test_cli_smoke_run(tmp_path):
     (["data=npz"], "missing value for data.path"),
     (["sparsity.densty=0.1"], "Key 'densty' is not in struct"),
     (["sparsity=magic"], "Could not find 'sparsity/magic'"),
+    (["sparsity=dense", "sparsity.density=0.1"], "sparsity=dense does not use sparsity.density"),
+    (["+sparsity.method.prune_fraction=0.3"], "dst.methods.DSR does not take that option"),
+    (["sparsity=rigl", "sparsity.schedule.stop=null"], "needs the engine's stop_step"),
+    (["sparsity=snfs", "sparsity.method.momentum=1.0"], "momentum must be in [0, 1)"),
+    # 3 steps: DSR's periods in epochs put no update before the stop at 95 %
+    ([], "DSR would never update"),
 ])
 def test_bad_overrides_exit_nonzero_with_a_clear_line(args, expected, tmp_path):
     base = [a for a in QUICK if not a.startswith("data")] if "data=npz" in args else QUICK
     r = _cli([*base, *args, "trainer.epochs=1"], tmp_path)
     assert r.returncode != 0
     assert expected in r.stderr, r.stderr[-2000:]
+    log = tmp_path / "train.log"  # detected before the first batch
+    assert not log.is_file() or "epoch 1/1" not in log.read_text()
 
 
 def test_ddp_two_gloo_processes_end_bit_identical(tmp_path):
@@ -224,3 +237,28 @@ def test_default_dsr_schedule_scales_with_the_epoch_length():
     assert stop == 190 * 500
     sched, stop = engine_schedule(s, 30, 50)  # the shared subset: 50 steps per epoch
     assert sched.milestones == [(0, 10), (188, 20), (600, 40), (1050, 80)] and stop == 1425
+
+
+@pytest.mark.parametrize("sparsity", ["dsr", "set", "rigl", "snfs", "static", "gmp"])
+def test_fp16_amp_with_a_forced_overflow_completes(sparsity, tmp_path):
+    """A loss scale of 2**30 overflows fp16 until the scaler has backed off (about 13 skipped
+    steps): the engine must skip those steps, then train and update on. (An MLP: fp16 convs
+    are emulated on CPU and take a minute.)"""
+    cfg = cfg_of([*QUICK, "model=mlp", "model.input_size=768", "sparsity.filter=all",
+                  "data.n_train=320", f"sparsity={sparsity}", "trainer.epochs=4",
+                  "trainer.amp=fp16", "trainer.amp_init_scale=1073741824",
+                  "trainer.debug_checks=true"])
+    if cfg.sparsity.schedule is not None:  # the last update (step 20) comes after the skips
+        cfg.sparsity.schedule.unit = "step"
+        cfg.sparsity.schedule.period_unit = "step"
+        cfg.sparsity.schedule.period = [[0, 2]]
+        cfg.sparsity.schedule.stop = 22
+    summary = run(cfg, tmp_path)
+    assert summary["finished"]
+    skipped = summary["skipped_optimizer_steps"]
+    assert 5 <= skipped < 30 and summary["engine_steps"] == 40 - skipped
+    assert summary["pool_density"] == pytest.approx(0.1, abs=1e-3)
+    m = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(x["train_loss"] == x["train_loss"] for x in m)  # no NaN in the means
+    if sparsity not in ("static",):
+        assert (tmp_path / "density_history.csv").read_text().count("\n") > 2  # updates ran

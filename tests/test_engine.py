@@ -84,10 +84,23 @@ def test_rigl_grows_where_the_gradient_is_largest(fmt):
     assert k > 0 and torch.equal(layer.mask.reshape(-1), expected)
 
 
-def test_rigl_cosine_decay_needs_stop_step():
-    model, opt, engine = make(RigL(0.3), update_every=1)
-    with pytest.raises(ValueError, match="stop_step"):
-        train_steps(model, opt, engine, 0, 1)
+@pytest.mark.parametrize("method", [RigL(0.3), SNFS(0.5), GMP(0.1), RigL(0.3, "linear")])
+def test_a_missing_horizon_fails_at_construction(method):
+    with pytest.raises(ValueError, match="needs the engine's stop_step"):
+        make(method, update_every=1)  # not at the first update, minutes into a run
+    make(method, update_every=1, stop_step=100)
+
+
+def test_constant_fractions_need_no_horizon():
+    make(RigL(0.3, decay="constant"), update_every=1)
+    make(SNFS(0.5, decay="constant"), update_every=1)
+
+
+def test_a_schedule_ending_before_its_first_update_fails_at_construction():
+    with pytest.raises(ValueError, match="would never update"):
+        make(DSR(), update_every=100, stop_step=100)  # first update at 100, not before 100
+    make(DSR(), update_every=100, stop_step=101)
+    make(Static(), update_every=100, stop_step=1)  # a fixed mask never updates anyway
 
 
 def test_snfs_reallocates_by_momentum_and_keeps_budget():

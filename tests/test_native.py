@@ -130,3 +130,26 @@ def test_switched_off_by_environment(fresh_library, monkeypatch):
     monkeypatch.setenv("DST_NATIVE", "0")
     assert not native.available()
     assert not fresh_library.exists()  # nothing compiled
+
+
+@pytest.mark.skipif(not HAS_CC, reason="needs a C compiler")
+def test_a_build_for_one_cpu_is_never_loaded_on_another(fresh_library, monkeypatch):
+    monkeypatch.setattr(native, "_cpu_id", lambda: "x86_64 | vendor_id: AuthenticAMD | "
+                        "flags: fpu sse2 avx fma")
+    epyc = native.build()
+    monkeypatch.setattr(native, "_cpu_id", lambda: "x86_64 | vendor_id: GenuineIntel | "
+                        "flags: fpu sse2 avx avx2 avx512f")
+    xeon = native.build()
+    assert epyc != xeon and epyc.exists() and xeon.exists()  # a shared cache holds both
+    monkeypatch.setattr(native, "_cpu_id", lambda: "x86_64 | vendor_id: AuthenticAMD | "
+                        "flags: fpu sse2 avx fma")
+    assert native.build() == epyc
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/cpuinfo"), reason="Linux /proc/cpuinfo only")
+def test_the_cpu_id_names_vendor_model_and_flags():
+    cpu = native._cpu_id()
+    with open("/proc/cpuinfo") as f:
+        x86 = "vendor_id" in f.read()
+    if x86:
+        assert "vendor_id: " in cpu and "model name: " in cpu and "flags: " in cpu

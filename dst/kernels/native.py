@@ -2,10 +2,12 @@
 
 ``_native.c`` is compiled on first use with the machine's C compiler (``$CC``, default ``cc``)
 for the host CPU (``-O3 -march=native -fopenmp``) into a cache folder (``$DST_CACHE_DIR``, else
-``$XDG_CACHE_HOME/dst`` or ``~/.cache/dst``), keyed by the source, the compiler command and the
-CPU's feature flags, and loaded through ctypes: a plain shared library with no Python or torch
-headers, so the build takes about a second.  The library's OpenMP calls share torch's OpenMP
-runtime (same soname) and use ``torch.get_num_threads()`` threads.
+``$XDG_CACHE_HOME/dst`` or ``~/.cache/dst``), keyed by the source, the compiler (command and
+version) and the CPU (vendor, model, feature flags), so a build made on one CPU is never
+loaded on another even when the cache folder is shared. It is loaded through ctypes: a plain
+shared library with no Python or torch headers, so the build takes about a second. The
+library's OpenMP calls share torch's OpenMP runtime (same soname) and use
+``torch.get_num_threads()`` threads.
 
 On a machine without a working compiler the csr backend falls back to PyTorch's MKL / cuSPARSE
 kernels with one warning naming the fix; ``DST_NATIVE=0`` turns the native kernels off.
@@ -48,12 +50,31 @@ def cache_dir() -> Path:
 
 
 def _cpu_id() -> str:
+    """The CPU a build is for: vendor, model and feature flags (``-march=native`` code built
+    on an AVX-512 Xeon must never be loaded on an EPYC without AVX2, or the reverse)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("vendor_id", "model name", "flags", "CPU implementer", "CPU part",
+                           "Features") and key not in fields:
+                    fields[key] = value.strip()
     except OSError:
-        flags = ""
-    return f"{platform.machine()} {platform.processor()} {flags}"
+        pass
+    return " | ".join([platform.machine(), platform.processor(),
+                       *(f"{k}: {v}" for k, v in sorted(fields.items()))])
+
+
+@functools.lru_cache(maxsize=8)
+def _compiler_id(cc: str) -> str:
+    """The compiler's version line (a new compiler at the same path rebuilds)."""
+    try:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        return (out.stdout or out.stderr).strip().split("\n")[0]
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
 
 
 def build(force: bool = False) -> Path:
@@ -62,7 +83,7 @@ def build(force: bool = False) -> Path:
     errors = []
     for flags in FLAG_SETS:
         key = hashlib.sha256(
-            "\0".join([SOURCE.read_text(), cc, *flags, _cpu_id()]).encode()
+            "\0".join([SOURCE.read_text(), cc, _compiler_id(cc), *flags, _cpu_id()]).encode()
         ).hexdigest()[:16]
         out = cache_dir() / f"dst_native-{key}.so"
         if out.exists() and not force:

@@ -20,8 +20,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
+
+from .._checks import check_choice, check_fraction
+from ..schedules import DECAYS, decayed
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Method(ABC):
     regrow_pruned = False  # may a weight pruned in this update be grown again at once?
     changes_masks = True
     shrinks = False  # prunes without regrowing: the budget falls (gradual magnitude pruning)
+    needs_stop_step = False  # its schedule ends at the engine's stop_step (a decay, GMP)
 
     def observe(self, step: int, grads: list[Tensor]) -> None:  # noqa: B027 - optional hook
         """Per-step hook (only called when ``dense_grad == "always"``); default: nothing."""
@@ -97,10 +100,6 @@ class Method(ABC):
         return f"{type(self).__name__}({args})"
 
 
-def magnitude(values: Tensor) -> Tensor:
-    return values.abs()
-
-
 def grad_magnitude(state: LayerState, method: str) -> Tensor:
     if state.dense_grad is None:
         raise RuntimeError(f"{method} grows by gradient but no dense gradient was captured for "
@@ -108,5 +107,23 @@ def grad_magnitude(state: LayerState, method: str) -> Tensor:
     return state.dense_grad.abs()
 
 
-def as_float(t: Tensor) -> float:
-    return float(t.item()) if torch.is_tensor(t) else float(t)
+class DecayedMagnitudePrune(Method):
+    """Per layer, prune the smallest |w| by a fraction that decays (``decay``) from
+    ``prune_fraction`` to 0 at the engine's ``stop_step`` (RigL, SNFS)."""
+
+    def __init__(self, prune_fraction: float, decay: str):
+        self.prune_fraction = check_fraction(prune_fraction, "prune_fraction")
+        self.decay = check_choice(decay, DECAYS, "decay")
+        self._fraction = self.prune_fraction
+
+    @property
+    def needs_stop_step(self) -> bool:
+        return self.decay != "constant"
+
+    def prune(self, ctx: UpdateContext):
+        self._fraction = decayed(self.prune_fraction, self.decay, ctx.step, ctx.stop_step)
+        return [(st.values.abs(), fraction_count(self._fraction, st.n_active))
+                for st in ctx.layers]
+
+    def state(self) -> dict:
+        return {"fraction": self._fraction}

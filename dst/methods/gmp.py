@@ -15,6 +15,7 @@ class GMP(Method):
 
     name = "gmp"
     shrinks = True
+    needs_stop_step = True  # the cubic schedule ends at the last update before stop_step
 
     def __init__(self, final_density: float = 0.1, distribution: str = "uniform"):
         self.final_density = check_density(final_density, "final_density")

@@ -5,15 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_fraction
-from ..schedules import DECAYS, decayed
-from .base import GrowPlan, Method, UpdateContext, fraction_count
+from .base import DecayedMagnitudePrune, GrowPlan, UpdateContext
 
 
-class SNFS(Method):
+class SNFS(DecayedMagnitudePrune):
     """Prune the smallest |w| per layer; share the regrowth across layers by the mean momentum
     magnitude of their active weights; grow where momentum magnitude is largest. The momentum is
-    an exponential average (``momentum``) of dense gradients, kept by the method."""
+    an exponential average (``momentum``) of dense gradients, kept by the method; the engine
+    feeds it only the gradients of steps the optimizer really took."""
 
     name = "snfs"
     reallocates = True
@@ -22,11 +21,13 @@ class SNFS(Method):
 
     def __init__(self, prune_fraction: float = 0.5, decay: str = "cosine",
                  momentum: float = 0.9):
-        self.prune_fraction = check_fraction(prune_fraction, "prune_fraction")
-        self.decay = check_choice(decay, DECAYS, "decay")
-        self.momentum = check_fraction(momentum, "momentum", allow_zero=True)
+        super().__init__(prune_fraction, decay)
+        if not (isinstance(momentum, (int, float)) and not isinstance(momentum, bool)
+                and 0.0 <= momentum < 1.0):
+            raise ValueError(f"momentum must be in [0, 1) (1 would never update the average), "
+                             f"got {momentum!r}")
+        self.momentum = float(momentum)
         self._buffers: list[Tensor] = []
-        self._fraction = self.prune_fraction
 
     def observe(self, step: int, grads: list[Tensor]) -> None:
         if not self._buffers:
@@ -38,18 +39,13 @@ class SNFS(Method):
         if not self._buffers:
             raise RuntimeError("SNFS has seen no gradient yet: call loss.backward() and "
                                "engine.step() every step")
-        self._fraction = decayed(self.prune_fraction, self.decay, ctx.step, ctx.stop_step)
-        return [(st.values.abs(), fraction_count(self._fraction, st.n_active))
-                for st in ctx.layers]
+        return super().prune(ctx)
 
     def grow(self, ctx: UpdateContext, pruned: list[int]) -> GrowPlan:
         scores = [buf.abs() for buf in self._buffers]
         weights = [float(s.index_select(0, st.active.to(s.device)).mean())
                    for s, st in zip(scores, ctx.layers, strict=True)]
         return GrowPlan(scores=scores, weights=weights)
-
-    def state(self) -> dict:
-        return {"fraction": self._fraction}
 
     def state_dict(self) -> dict:
         return {"momentum_buffers": [b.clone() for b in self._buffers]}
