@@ -1,40 +1,58 @@
-"""The method comparison: DSR against its baselines and peers, on the shared CIFAR-10 subset.
+"""The method comparison on the shared CIFAR-10 subset, advanced a few runs at a time.
 
-Launches ``dst-train`` runs one after another (each in ``<out>/<method>_d<density>_s<seed>``),
-skips runs whose summary.json says finished (so an interrupted sweep resumes where it stopped),
-then writes the report (``dst-report``) and copies it into ``benchmarks/`` as
-``comparison.md``, ``comparison.csv``, ``comparison_acc_vs_params.png`` and
-``comparison_dsr_density.png``.
+Every finished run leaves one small JSON record in ``benchmarks/results/<sweep>/`` (committed),
+named ``<method>_d<density>_s<seed>-<config hash>.json``, and the artifacts later runs need
+(DSR's final masks for static_from_mask; a dense run's trained weights for gmp and the lottery
+ticket) in its ``artifacts/`` folder. The sweep skips every run already recorded with the
+current preset, whichever machine made it, so it can be stopped at any point and continued on
+another machine. Run directories (``benchmarks/_sweep/``) are scratch: an interrupted run
+resumes from its checkpoint on the same machine.
 
-    python benchmarks/sweep.py --dry-run                 # print the commands only
-    python benchmarks/sweep.py                           # WRN-28-2, densities 0.1 0.2, 30 epochs
-    python benchmarks/sweep.py --densities 0.1 --epochs 10 --name quick
+    python benchmarks/sweep.py --dry-run                  # the plan: recorded / to run
+    python benchmarks/sweep.py --budget-minutes 120       # launch only what fits in 2 hours
+    python benchmarks/sweep.py --jobs 2 --set trainer.device=cuda   # on a GPU
+    dst-report benchmarks/results/wrn28_2_subset          # the table from the records
 
-Seeds: ``--seeds-main`` for dsr, static, set and dense (dense once per seed, at density 1);
-``--seeds-rest`` for thin_dense, static with ERK, snip, rigl, snfs, gmp (from the trained dense
-run of the same seed, as the paper did) and static_from_mask (DSR's final mask of the same
-density and seed, trained statically from a fresh init).
+Order: density 0.1 before 0.2; within a density seed 0 of every method before seed 1;
+``--seeds-main`` seeds of dsr, static, set and dense, ``--seeds-rest`` of the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import shlex
-import shutil
+import signal
+import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dst.environment import cpu_model  # noqa: E402
+from dst.records import (  # noqa: E402
+    build_record,
+    config_hash,
+    load_records,
+    save_mask_artifact,
+    save_weights_artifact,
+    write_json,
+)
+
 BENCH = REPO / "benchmarks"
-MAIN = ("dsr", "static", "set", "dense")
-REST = ("thin_dense", "static_erk", "snip", "rigl", "snfs", "gmp", "static_from_mask")
+MAIN = ("dense", "dsr", "static", "set")
+REST = ("thin_dense", "static_erk", "snip", "rigl", "snfs", "gmp", "lottery", "static_from_mask")
 PRESETS = {"static_erk": ["sparsity=static", "sparsity.distribution=erk"]}
-COPIES = {"report.md": "comparison.md", "report.csv": "comparison.csv",
-          "acc_vs_params.png": "comparison_acc_vs_params.png",
-          "dsr_layer_density.png": "comparison_dsr_density.png"}
+# one-shot lottery ticket: rewind to step 50 (~1 epoch of 51, 3 % of a 30-epoch run; Frankle et
+# al. 2020 rewind to 0.5-5 % of training for CIFAR ResNets)
+TICKET_REWIND = 50  # --ticket-rewind
+DEFAULT_MINUTES = 40.0  # a run's expected length when no record of this CPU says better
 
 
 @dataclass
@@ -43,8 +61,14 @@ class Job:
     method: str
     density: float
     seed: int
-    command: list[str]
-    needs: list[str] = field(default_factory=list)
+    overrides: list[str]
+    needs: dict[str, str] = field(default_factory=dict)  # dependency job name -> artifact kind
+    hash: str = ""
+    provides: str | None = None  # artifact kind this run must leave ("masks" | "weights")
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.hash}"
 
 
 def run_name(method: str, density: float, seed: int) -> str:
@@ -53,153 +77,292 @@ def run_name(method: str, density: float, seed: int) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-path", default="../shared/data/cifar10_subset.npz",
-                   help="the .npz data set (default: the shared CIFAR-10 subset)")
+    p.add_argument("--data-path", default="../shared/data/cifar10_subset.npz")
     p.add_argument("--model", default="wrn28_2", help="model preset (conf/model)")
     p.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.2])
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seeds-main", type=int, default=3, help="seeds of " + ", ".join(MAIN))
     p.add_argument("--seeds-rest", type=int, default=2, help="seeds of " + ", ".join(REST))
-    p.add_argument("--methods", nargs="+", default=None, choices=MAIN + REST,
-                   help="run only these methods (default: all)")
-    p.add_argument("--gmp-from-scratch", action="store_true",
-                   help="start gmp from a fresh init instead of the trained dense run")
+    p.add_argument("--methods", nargs="+", default=None, choices=MAIN + REST)
     p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
-                   help="an override added to every run (repeatable), e.g. trainer.device=cuda")
-    p.add_argument("--name", default="wrn28_2_subset", help="sweep name (output folder)")
-    p.add_argument("--out", default=None, help="output folder (default benchmarks/_sweep/NAME)")
-    p.add_argument("--dry-run", action="store_true", help="print the commands only")
-    p.add_argument("--no-copy", action="store_true",
-                   help="write the report in the sweep folder only (not benchmarks/comparison.*)"
-                   ", e.g. for a quick check of the pipeline")
+                   help="an override for every run (repeatable); it changes the config hash "
+                   "unless it is a volatile key such as trainer.device")
+    p.add_argument("--name", default="wrn28_2_subset", help="sweep name (records folder)")
+    p.add_argument("--results", default=None, help="records folder (default "
+                   "benchmarks/results/NAME)")
+    p.add_argument("--work", default=None, help="scratch run folder (default "
+                   "benchmarks/_sweep/NAME)")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="launch a run only if it is expected to end within this many minutes "
+                   "from the sweep's start (estimated from records made on this CPU)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, the CPU threads split "
+                   "between them (measured on 2 cores: see benchmarks/RESULTS.md)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: CPU cores // jobs)")
+    p.add_argument("--ticket-rewind", type=int, default=TICKET_REWIND,
+                   help="optimizer step the lottery ticket rewinds to (default %(default)s)")
+    p.add_argument("--max-runs", type=int, default=None, help="launch at most this many")
+    p.add_argument("--dry-run", action="store_true", help="print the plan only")
+    p.add_argument("--no-report", action="store_true", help="do not rewrite the report")
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.seeds_main < 0 or args.seeds_rest < 0:
-        p.error("--epochs must be >= 1 and the seed counts >= 0")
+    if args.epochs < 1 or args.seeds_main < 0 or args.seeds_rest < 0 or args.jobs < 1:
+        p.error("--epochs and --jobs must be >= 1 and the seed counts >= 0")
     if args.seeds_rest > args.seeds_main:
-        p.error("--seeds-rest must not exceed --seeds-main: static_from_mask and gmp use the "
-                "dsr and dense runs of the same seed")
+        p.error("--seeds-rest must not exceed --seeds-main: static_from_mask, gmp and lottery "
+                "use the dsr and dense runs of the same seed")
     if any(not 0 < d <= 1 for d in args.densities):
         p.error(f"--densities must lie in (0, 1], got {args.densities}")
     bad = [e for e in args.extra if "=" not in e]
     if bad:
         p.error(f"--set takes KEY=VALUE, got {bad}")
-    args.out = Path(args.out) if args.out else BENCH / "_sweep" / args.name
+    args.densities = sorted(set(args.densities))
+    args.results = Path(args.results) if args.results else BENCH / "results" / args.name
+    args.work = Path(args.work) if args.work else BENCH / "_sweep" / args.name
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     return args
 
 
 def data_file(path: str) -> Path:
-    """``path`` as given, or relative to the repository root when it is not found from here."""
     p = Path(path).expanduser()
     if not p.is_absolute() and not p.exists():
         p = REPO / p
     return p.resolve()
 
 
-def plan(args: argparse.Namespace) -> list[Job]:
-    """Every run of the sweep, in an order where each run comes after the runs it needs."""
-    out = Path(args.out).resolve()
-    data = data_file(args.data_path)
-    wanted = set(args.methods or MAIN + REST)
-    common = [f"model={args.model}", "data=npz", f"data.path={data}",
-              f"trainer.epochs={args.epochs}", "trainer.channels_last=true",
-              "trainer.tensorboard=false", "trainer.progress=false"]
+def artifact_path(results: Path, job: Job) -> Path:
+    suffix = {"masks": "masks.pt", "weights": "weights.pt"}[job.provides]
+    return results / "artifacts" / f"{job.key}.{suffix}"
 
-    def job(method: str, density: float, seed: int, extra=(), needs=()) -> Job:
-        name = run_name(method, density, seed)
+
+def plan(args: argparse.Namespace) -> list[Job]:
+    """Every run, in priority order, each after the runs it needs, with its config hash."""
+    wanted = set(args.methods or MAIN + REST)
+    common = [f"model={args.model}", "data=npz", f"data.path={data_file(args.data_path)}",
+              f"trainer.epochs={args.epochs}", "trainer.channels_last=true",
+              "trainer.tensorboard=false", "trainer.progress=false", *args.extra]
+
+    def job(method: str, density: float, seed: int) -> Job:
         preset = PRESETS.get(method, [f"sparsity={method}"])
         dens = [] if method == "dense" else [f"sparsity.density={density:g}"]
-        cmd = [sys.executable, "-m", "dst.train", *common, *preset, *dens, *extra,
-               f"seed={seed}", *args.extra, f"hydra.run.dir={out / name}"]
-        return Job(name, method, density, seed, cmd, list(needs))
+        return Job(run_name(method, density, seed), method, density, seed,
+                   [*common, *preset, *dens, f"seed={seed}"])
 
-    jobs = [job("dense", 1.0, s) for s in range(args.seeds_main)] if "dense" in wanted else []
+    jobs: list[Job] = []
     for d in args.densities:
         for s in range(args.seeds_main):
-            jobs += [job(m, d, s) for m in ("dsr", "static", "set") if m in wanted]
-        for s in range(args.seeds_rest):
-            for m in REST:
-                if m not in wanted:
+            order = MAIN + (REST if s < args.seeds_rest else ())
+            for m in order:
+                if m not in wanted or (m == "dense" and d != args.densities[0]):
                     continue
-                if m == "static_from_mask":
-                    src = run_name("dsr", d, s)
-                    jobs.append(job(m, d, s, [f"sparsity.init.source={out / src}"], [src]))
-                elif m == "gmp" and not args.gmp_from_scratch:
-                    src = run_name("dense", 1.0, s)
-                    jobs.append(job(m, d, s, [f"sparsity.init_from={out / src}"], [src]))
-                else:
-                    jobs.append(job(m, d, s))
+                j = job(m, 1.0 if m == "dense" else d, s)
+                if m in ("gmp", "lottery"):
+                    j.needs[run_name("dense", 1.0, s)] = "weights"
+                elif m == "static_from_mask":
+                    j.needs[run_name("dsr", d, s)] = "masks"
+                jobs.append(j)
+    by_name = {j.name: j for j in jobs}
+    for j in jobs:
+        for dep, kind in j.needs.items():
+            if dep in by_name:
+                by_name[dep].provides = kind
+            else:
+                raise SystemExit(f"sweep: {j.name} needs {dep}, which --methods left out")
+    hashes = compose_hashes(jobs, by_name, args)
+    for j in jobs:
+        j.hash = hashes[j.name]
     return jobs
 
 
-def finished(run_dir: Path) -> bool:
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("finished") is True
-    except (OSError, ValueError, AttributeError):
-        return False
+def dependency_overrides(j: Job, by_name: dict[str, Job], results: Path,
+                         rewind: int) -> list[str]:
+    out = []
+    for dep, _ in j.needs.items():
+        path = artifact_path(results, by_name[dep])
+        if j.method == "static_from_mask":
+            out.append(f"sparsity.init.source={path}")
+        elif j.method == "gmp":
+            out.append(f"sparsity.init_from={path}")
+        else:  # lottery: one-shot ticket from the trained dense weights
+            out += [f"sparsity.ticket_from={path}", f"sparsity.rewind={rewind}"]
+    return out
 
 
-def execute(jobs: list[Job], out: Path) -> list[str]:
-    """Run the jobs not finished yet; returns 'name (why)' for each that failed or was left."""
-    failed = []
-    logs = out / "logs"
+def compose_hashes(jobs: list[Job], by_name: dict[str, Job], args) -> dict[str, str]:
+    """Config hashes from the composed configs, dependencies first (their hash is in the name
+    of the artifact a dependent run reads)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    out: dict[str, str] = {}
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        for j in jobs:
+            for dep in j.needs:
+                by_name[dep].hash = out[dep]
+            j.overrides = [o for o in j.overrides if not o.startswith(
+                ("sparsity.init.source=", "sparsity.init_from=", "sparsity.ticket_from=",
+                 "sparsity.rewind="))] + dependency_overrides(j, by_name, args.results,
+                                                               args.ticket_rewind)
+            cfg = compose("train", overrides=j.overrides)
+            out[j.name] = config_hash(OmegaConf.to_container(cfg, resolve=True))
+    return out
+
+
+# ----------------------------------------------------------------------------- estimates
+def estimate_minutes(job: Job, records: list[dict], cpu: str, threads: int, jobs: int,
+                     epochs: int) -> float:
+    """Minutes ``job`` should take here: the median recorded minutes per epoch of the same
+    method (else of any method) on this CPU model at the same threads and jobs."""
+    same = [r for r in records if r.get("cpu_model") == cpu and r.get("threads") == threads
+            and r.get("jobs") == jobs and r.get("wall_time") and r.get("epochs")]
+    for pool in ([r for r in same if r["method"] == job.method], same):
+        if pool:
+            per_epoch = statistics.median(r["wall_time"] / len(r["epochs"]) for r in pool)
+            return per_epoch * epochs / 60.0
+    return DEFAULT_MINUTES * epochs / 30
+
+
+# ----------------------------------------------------------------------------- execution
+def command(j: Job, args) -> list[str]:
+    run_dir = args.work.resolve() / j.key
+    resume = ["trainer.resume=true"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
+    return [sys.executable, "-m", "dst.train", *j.overrides, f"trainer.num_threads={args.threads}",
+            *resume, f"hydra.run.dir={run_dir}"]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record_run(j: Job, args) -> Path:
+    """Write ``j``'s record (and artifact) from its finished run directory."""
+    run_dir = args.work.resolve() / j.key
+    artifacts = {}
+    if j.provides:
+        path = artifact_path(args.results, j)
+        (save_mask_artifact if j.provides == "masks" else save_weights_artifact)(run_dir, path)
+        artifacts[j.provides] = {"file": str(path.relative_to(args.results)),
+                                 "sha256": sha256(path)}
+    rec = build_record(run_dir, sweep=args.name, name=j.name, method=j.method,
+                       density=j.density, seed=j.seed, threads=args.threads, jobs=args.jobs,
+                       artifacts=artifacts)
+    if rec["config_hash"] != j.hash:
+        raise RuntimeError(f"{j.name}: the run's config hashes to {rec['config_hash']}, the "
+                           f"plan's to {j.hash}; not recorded")
+    path = args.results / f"{j.key}.json"
+    write_json(path, rec)
+    return path
+
+
+def recorded(args) -> tuple[set[str], list[dict]]:
+    records, bad = load_records(args.results)
+    for b in bad:
+        print(f"sweep: warning: record {b} left out", file=sys.stderr)
+    return {f"{r['name']}-{r['config_hash']}" for r in records}, records
+
+
+def execute(jobs: list[Job], args) -> list[str]:
+    """Run what is not recorded yet, ``args.jobs`` at a time; returns the runs left undone."""
+    done, records = recorded(args)
+    cpu, start = cpu_model(), time.time()
+    by_name = {j.name: j for j in jobs}
+    pending = [j for j in jobs if j.key not in done]
+    running: dict[str, tuple[Job, subprocess.Popen, object]] = {}
+    failed: list[str] = []  # 'name (why)'
+    lost: set[str] = set()  # names of runs that failed or were not launched
+    launched = 0
+    logs = args.work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    for i, j in enumerate(jobs, 1):
-        tag = f"[{i}/{len(jobs)}] {j.name}"
-        if finished(out / j.name):
-            print(f"{tag}: done already, skipped", flush=True)
-            continue
-        missing = [n for n in j.needs if not finished(out / n)]
-        if missing:
-            print(f"{tag}: left out, needs finished {', '.join(missing)}", flush=True)
-            failed.append(f"{j.name} (needs {', '.join(missing)})")
-            continue
-        print(f"{tag}: running (log {logs / (j.name + '.log')})", flush=True)
-        with (logs / f"{j.name}.log").open("w") as log:
-            rc = subprocess.run(j.command, cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT).returncode
-        if rc != 0:
-            print(f"{tag}: FAILED with exit code {rc}", flush=True)
-            failed.append(f"{j.name} (exit code {rc})")
-    return failed
 
+    def stop(*_):
+        for _, proc, _ in running.values():
+            proc.terminate()
+        raise KeyboardInterrupt
 
-def report(out: Path, copy: bool = True) -> list[Path]:
-    """dst-report on the sweep, copied into benchmarks/ as comparison.* when ``copy``."""
-    sys.path.insert(0, str(REPO))
-    from dst.report import build_report
-
-    build_report(out, out)
-    if not copy:
-        return [out / name for name in COPIES if (out / name).is_file()]
-    copied = []
-    for src, dst in COPIES.items():
-        if (out / src).is_file():
-            shutil.copyfile(out / src, BENCH / dst)
-            copied.append(BENCH / dst)
-    return copied
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while pending or running:
+            if args.max_runs and launched >= args.max_runs and not running:
+                break
+            for j in list(pending):
+                if len(running) >= args.jobs or (args.max_runs and launched >= args.max_runs):
+                    break
+                deps = [by_name[d] for d in j.needs]
+                if any(d.key not in done for d in deps):
+                    if not any(d.name in lost for d in deps):
+                        continue  # its dependency is still to come
+                    failed.append(f"{j.name} (needs {', '.join(d.name for d in deps)})")
+                    lost.add(j.name)
+                    pending.remove(j)
+                    continue
+                est = estimate_minutes(j, records, cpu, args.threads, args.jobs, args.epochs)
+                elapsed = (time.time() - start) / 60
+                if args.budget_minutes is not None and elapsed + est > args.budget_minutes:
+                    print(f"{j.name}: not launched, ~{est:.0f} min would end past the "
+                          f"{args.budget_minutes:g}-minute budget", flush=True)
+                    lost.add(j.name)
+                    pending.remove(j)
+                    continue
+                log = (logs / f"{j.key}.log").open("a")
+                env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+                proc = subprocess.Popen(command(j, args), cwd=REPO, stdout=log,
+                                        stderr=subprocess.STDOUT, env=env)
+                running[j.name] = (j, proc, log)
+                pending.remove(j)
+                launched += 1
+                print(f"{j.name}: running (~{est:.0f} min, log {logs / (j.key + '.log')})",
+                      flush=True)
+            time.sleep(0.5)
+            for name, (j, proc, log) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                try:
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"exit code {proc.returncode}")
+                    path = record_run(j, args)
+                    done.add(j.key)
+                    records.append(json.loads(path.read_text()))
+                    print(f"{j.name}: recorded {path}", flush=True)
+                except (RuntimeError, ValueError, OSError) as e:
+                    print(f"{j.name}: FAILED ({e})", flush=True)
+                    failed.append(f"{j.name} ({e})")
+                    lost.add(j.name)
+            if pending and not running and all(
+                    any(by_name[d].key not in done for d in j.needs) for j in pending):
+                failed += [f"{j.name} (needs {', '.join(j.needs)})" for j in pending]
+                pending = []
+    except KeyboardInterrupt:
+        for _, proc, _ in running.values():
+            proc.terminate()
+        print("sweep: interrupted; finished runs are recorded, the rest resume next time",
+              file=sys.stderr)
+        raise
+    return failed + [f"{j.name} (not launched)" for j in pending]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     jobs = plan(args)
     if args.dry_run:
+        done, _ = recorded(args)
         for j in jobs:
-            print(shlex.join(j.command))
-        print(f"# {len(jobs)} runs into {args.out}", file=sys.stderr)
+            state = "recorded" if j.key in done else "to run"
+            print(f"# {j.key}: {state}\n{shlex.join(command(j, args))}")
+        print(f"# {len(jobs)} runs, {sum(j.key in done for j in jobs)} recorded, records in "
+              f"{args.results}", file=sys.stderr)
         return 0
     if not data_file(args.data_path).is_file():
         print(f"sweep: error: data file {args.data_path} not found (the shared CIFAR-10 subset "
               "lives at ../shared/data/cifar10_subset.npz; see its README)", file=sys.stderr)
         return 2
-    failed = execute(jobs, Path(args.out))
-    try:
-        copied = report(Path(args.out), copy=not args.no_copy)
-    except ValueError as e:  # dst.report.ReportError: nothing finished to report
-        print(f"sweep: error: {e}", file=sys.stderr)
-        return 2
-    print("wrote " + ", ".join(str(p) for p in copied))
-    if failed:
-        print("not finished: " + ", ".join(failed), file=sys.stderr)
+    left = execute(jobs, args)
+    if not args.no_report:
+        from dst.report import build_report
+
+        build_report(args.results, BENCH / "comparison", plan=[(j.name, j.hash) for j in jobs])
+    if left:
+        print("not finished: " + ", ".join(left), file=sys.stderr)
         return 1
     return 0
 

@@ -128,7 +128,7 @@ def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
 def engine_schedule(sched, epochs: int, steps_per_epoch: int):
     """(PeriodSchedule, stop_step) in optimizer steps from the preset's units: ``unit`` for the
     start points and the stop (fraction of training, epoch or step) and ``period_unit`` for the
-    periods (step, the default, or epoch)."""
+    periods (step, the default, epoch or fraction of training)."""
     total = epochs * steps_per_epoch
 
     def to_step(v) -> int:
@@ -138,14 +138,15 @@ def engine_schedule(sched, epochs: int, steps_per_epoch: int):
             return int(round(float(v) * steps_per_epoch))
         return int(v)
 
-    per_epoch = sched.get("period_unit", "step") == "epoch"
-    if sched.get("period_unit", "step") not in ("step", "epoch"):
-        raise ConfigError(f"sparsity.schedule.period_unit must be step or epoch, got "
-                          f"{sched.period_unit!r}")
+    period_unit = sched.get("period_unit", "step")
+    if period_unit not in ("step", "epoch", "fraction"):
+        raise ConfigError(f"sparsity.schedule.period_unit must be step, epoch or fraction, got "
+                          f"{period_unit!r}")
+    per = {"step": 1, "epoch": steps_per_epoch, "fraction": total}[period_unit]
     milestones: dict[int, int] = {}
     for start, period in sched.period:
         # periods in epochs: DSR's 100-iteration period is 0.2 epoch on CIFAR-10 and ImageNet
-        p = max(1, int(round(float(period) * steps_per_epoch))) if per_epoch else int(period)
+        p = int(period) if period_unit == "step" else max(1, int(round(float(period) * per)))
         milestones[to_step(start)] = p
     stop = None if sched.get("stop") is None else to_step(sched.stop)
     return PeriodSchedule(sorted(milestones.items())), stop
@@ -190,7 +191,8 @@ def _build_model(cfg: DictConfig, num_classes: int, info: dict):
               if k not in ("_target_", "name")}
     target = sparse_param_target(cfg.model.name, kwargs, num_classes, float(s.density),
                                  s.filter)
-    model, thin = thin_dense_model(cfg.model.name, kwargs, num_classes, target)
+    model, thin = thin_dense_model(cfg.model.name, kwargs, num_classes, target,
+                                   match=s.get("match", "closest"))
     info["thin"] = thin
     log.info("thin dense: %s=%.4f gives %d parameters for a sparse target of %d (%+.2f%%)",
              thin["width_key"], thin["width"], thin["params"], target, 100 * thin["rel_diff"])

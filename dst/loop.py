@@ -162,6 +162,38 @@ def lottery_prune(r: Run, density: float, init_state: dict) -> None:
         r.engine.reset_budget()
 
 
+def fit_ticket(r: Run) -> bool:
+    """One-shot lottery ticket with late rewinding: train dense to step ``sparsity.rewind``,
+    there keep the weights largest in the trained dense run ``sparsity.ticket_from`` (same
+    model and seed: the same first steps) and train the rest of the run under that mask from
+    the rewind step's weights. One run's cost instead of a dense run plus a sparse one."""
+    from .baselines import prune_to_ticket_
+    from .trainer import load_checkpoint
+
+    s, total = r.cfg.sparsity, r.cfg.trainer.epochs
+    rewind = 0 if s.get("rewind", "init") == "init" else s.rewind
+    last = total * r.steps_per_epoch
+    if isinstance(rewind, bool) or not isinstance(rewind, int) or not 0 <= rewind < last:
+        raise ValueError(f"sparsity.rewind must be 'init' or an optimizer step in [0, {last}) "
+                         f"for a one-shot ticket, got {rewind!r}")
+    trained = load_checkpoint(Path(str(s.ticket_from)))["model"]  # fails before any batch
+    r.info["ticket"] = {"from": str(s.ticket_from), "rewind_step": rewind}
+
+    def prune(step: int) -> None:
+        if step == rewind:
+            prune_to_ticket_(r.model, trained, float(s.density), scope=s.get("scope", "layer"),
+                             distribution=s.distribution, optimizer=r.optimizer)
+            if r.engine is not None:
+                r.engine.reset_budget()
+            if r.main:
+                log.info("ticket: pruned to density %s by the trained weights of %s at step %d",
+                         s.density, s.ticket_from, step)
+
+    if rewind == 0 and r.step == 0:  # a resumed run has the mask in its checkpoint
+        prune(0)
+    return fit(r, total, total, on_step=prune if r.step < rewind else None)
+
+
 def fit_lottery(r: Run, init_state: dict) -> bool:
     """Iterative magnitude pruning with rewinding: train, prune, rewind, ... , train at the
     target density. Each of the ``rounds + 1`` phases trains ``trainer.epochs`` epochs. A
@@ -169,6 +201,8 @@ def fit_lottery(r: Run, init_state: dict) -> bool:
     prunes again, identically."""
     from .baselines import lottery_densities
 
+    if r.cfg.sparsity.get("ticket_from"):
+        return fit_ticket(r)
     s, per_round = r.cfg.sparsity, r.cfg.trainer.epochs
     densities = lottery_densities(float(s.density), int(s.rounds))
     total = per_round * (len(densities) + 1)

@@ -1,4 +1,5 @@
-"""What a run writes: metrics.jsonl, summary.json, TensorBoard, per-layer density history + plot.
+"""What a run writes: metrics.jsonl, summary.json, TensorBoard, per-layer density history + plot,
+updates.csv (weights pruned and grown at each mask update).
 
 Only rank 0 writes; every file is written atomically or appended line by line.
 """
@@ -28,6 +29,7 @@ class RunLog:
         self.layer_sizes = layer_sizes or []
         self.metrics_path = self.dir / "metrics.jsonl"
         self.density_path = self.dir / "density_history.csv"
+        self.updates_path = self.dir / "updates.csv"  # weights moved per update
         self._tb = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # optional at import time
@@ -45,17 +47,19 @@ class RunLog:
         lines = src.read_text().splitlines() if src.is_file() else []
         kept = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] <= epoch]
         atomic_write(self.metrics_path, lambda p: p.write_text("".join(f"{ln}\n" for ln in kept)))
-        dsrc = src_dir / "density_history.csv"
-        if dsrc.is_file():
-            with dsrc.open() as f:
+        for path in (self.density_path, self.updates_path):  # per-update rows: by step
+            csrc = src_dir / path.name
+            if not csrc.is_file():
+                continue
+            with csrc.open() as f:
                 rows = list(csv.reader(f))
             kept_rows = rows[:1] + [r for r in rows[1:] if int(r[0]) <= step]
 
-            def write(p: Path) -> None:
+            def write(p: Path, rows=kept_rows) -> None:
                 with p.open("w", newline="") as f:
-                    csv.writer(f).writerows(kept_rows)
+                    csv.writer(f).writerows(rows)
 
-            atomic_write(self.density_path, write)
+            atomic_write(path, write)
 
     # -- per epoch / per update ----------------------------------------------------------------
     def epoch(self, metrics: dict) -> None:
@@ -73,6 +77,7 @@ class RunLog:
     def update(self, report, epoch: int) -> None:
         if not self.enabled or not self.layer_names:
             return
+        self.dir.mkdir(parents=True, exist_ok=True)
         new = not self.density_path.is_file()
         with self.density_path.open("a", newline="") as f:
             w = csv.writer(f)
@@ -81,6 +86,13 @@ class RunLog:
             w.writerow([report.step, epoch, *(f"{report.active[n] / s:.6g}" for n, s in
                                               zip(self.layer_names, self.layer_sizes,
                                                   strict=True))])
+        new = not self.updates_path.is_file()
+        with self.updates_path.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "epoch", "pruned", "grown", "active"])
+            w.writerow([report.step, epoch, report.pruned, report.grown,
+                        sum(report.active.values())])
         if self._tb is not None:
             self._tb.add_scalar("sparsity/pruned", report.pruned, report.step)
             for k, v in report.method.items():

@@ -171,6 +171,18 @@ def test_thin_width_prefers_not_larger_on_an_exact_tie():
     assert count == 8 and round(10 * width) == 4
 
 
+def test_thin_width_at_least_never_falls_below_the_target():
+    def build(w):  # 11 parameters per output unit: counts 11 * round(10 * w)
+        return nn.Linear(10, max(1, round(10 * w)))
+
+    # 60 lies between 55 (5 units) and 66 (6 units): closest is 55, at least is 66
+    assert thin_width(build, 60, 0.1, 2.0, match="at_least")[1] == 66
+    assert thin_width(build, 56, 0.1, 2.0, match="at_least")[1] == 66
+    assert thin_width(build, 55, 0.1, 2.0, match="at_least")[1] == 55  # exactly met
+    with pytest.raises(ValueError, match="valid choices: closest, at_least"):
+        thin_width(build, 60, 0.1, 2.0, match="above")
+
+
 def test_thin_errors_name_the_choices():
     with pytest.raises(ValueError, match="models with one: resnet20, resnet32, resnet50, wrn"):
         thin_dense_model("mlp", {}, 10, 1000)

@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -73,21 +74,23 @@ def load_run_masks(source, model: nn.Module | None = None) -> dict[str, Tensor]:
     sd = _load_model_state(path)
     layers = dict(sparse_layers(model)) if model is not None else None
     masks: dict[str, Tensor] = {}
-    compact = []
+    compact, packed = [], []  # flat indices / bit-packed masks: shapes come from the model
     for key, value in sd.items():
         name, _, leaf = key.rpartition(".")
         if leaf == "mask" and isinstance(value, Tensor) and value.dtype == torch.bool:
             masks[name] = value.detach().cpu().clone()
         elif leaf == "indices" and isinstance(value, Tensor) and not value.is_floating_point():
             compact.append((name, value.detach().cpu().long()))
-    if compact and layers is None:
-        raise ValueError(f"{path} holds compact-format layers (indices only); pass the "
-                         "receiving model, load_run_masks(source, model), for their shapes")
-    if not masks and not compact:
+        elif leaf == "packed_mask" and isinstance(value, Tensor) and value.dtype == torch.uint8:
+            packed.append((name, value.detach().cpu()))
+    if (compact or packed) and layers is None:
+        raise ValueError(f"{path} holds masks without shapes (indices or packed bits); pass "
+                         "the receiving model, load_run_masks(source, model), for their shapes")
+    if not masks and not compact and not packed:
         raise ValueError(f"{path} holds no sparse-layer mask (a dense run?); the source must be "
                          "a sparse run")
     if layers is not None:
-        names = set(masks) | {n for n, _ in compact}
+        names = set(masks) | {n for n, _ in compact} | {n for n, _ in packed}
         if names != set(layers):
             raise ValueError(
                 f"the masks of {path} do not fit this model's sparse layers: only in the "
@@ -100,6 +103,13 @@ def load_run_masks(source, model: nn.Module | None = None) -> dict[str, Tensor]:
                 raise ValueError(f"{path}: indices of {name} fall outside its weight {shape}")
             mask[idx] = True
             masks[name] = mask.view(shape)
+        for name, bits in packed:
+            shape, numel = layers[name].weight_shape, layers[name].numel_dense
+            if bits.numel() != (numel + 7) // 8:
+                raise ValueError(f"{path}: packed mask of {name} has {bits.numel()} bytes, its "
+                                 f"weight {shape} needs {(numel + 7) // 8}")
+            flat = np.unpackbits(bits.numpy())[:numel].astype(bool)
+            masks[name] = torch.from_numpy(flat).view(shape)
         for name, mask in masks.items():
             if tuple(mask.shape) != tuple(layers[name].weight_shape):
                 raise ValueError(f"{path}: mask of {name} has shape {tuple(mask.shape)}, the "

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .._checks import DISTRIBUTIONS, check_choice, check_density
 from ..convert import BANK_NAME, set_masks_, sparse_layers
 from ..distributions import budget_for, layer_counts
-from ..storage import flat_get, materialize
+from ..storage import flat_fill_, flat_get, materialize
 from .snip import global_top_k
 
 SCOPES = ("layer", "global")
@@ -32,11 +32,15 @@ def lottery_densities(final_density: float, rounds: int) -> list[float]:
     return [final ** (r / rounds) for r in range(1, rounds)] + [final]
 
 
-def _ranked_active(layer: nn.Module) -> tuple[Tensor, Tensor]:
-    """(flat indices, |values|) of the layer's active weights, sorted by flat index so that
-    ties among equal magnitudes go to the lower position."""
+def _ranked_active(layer: nn.Module, weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(flat indices, |values|) of the layer's active weights (their values in ``weight``, a
+    dense weight of the layer's shape, when given), sorted by flat index so that ties among
+    equal magnitudes go to the lower position."""
     idx = layer.active_indices()
-    vals = layer.active_values(idx).detach().abs().float()
+    if weight is None:
+        vals = layer.active_values(idx).detach().abs().float()
+    else:
+        vals = flat_get(weight.to(idx.device).contiguous(), idx).detach().abs().float()
     order = torch.argsort(idx)
     return idx[order], vals[order]
 
@@ -47,8 +51,10 @@ def _top(scores: Tensor, n: int) -> Tensor:
 
 
 def magnitude_masks(model: nn.Module, density: float, *, scope: str = "layer",
-                    distribution: str = "uniform") -> dict[str, Tensor]:
-    """Masks keeping the largest-|w| weights among each sparse layer's currently active ones.
+                    distribution: str = "uniform",
+                    weights: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Masks keeping the largest-|w| weights among each sparse layer's currently active ones
+    (ranked by ``weights[name]``, e.g. a trained dense run's weights, when given).
 
     ``scope="layer"``: layer l keeps ``min(count_l, active_l)`` with ``count_l`` from
     :func:`dst.distributions.layer_counts` over the layers' shapes at ``density`` under
@@ -63,7 +69,7 @@ def magnitude_masks(model: nn.Module, density: float, *, scope: str = "layer",
     if not layers:
         raise ValueError("magnitude_masks: the model has no sparse layer; use dst.sparsify_ "
                          "(density 1.0 to start from a dense model)")
-    ranked = [_ranked_active(m) for _, m in layers]
+    ranked = [_ranked_active(m, None if weights is None else weights[n]) for n, m in layers]
     if scope == "layer":
         counts = layer_counts([m.weight_shape for _, m in layers], density, distribution)
         keeps = [idx[_top(vals, min(n, idx.numel()))]
@@ -137,6 +143,33 @@ def saved_dense_weights(saved: Mapping, layers: list[tuple[str, nn.Module]]
         raise ValueError(f"saved state has no weight for sparse layers {missing}; its keys "
                          f"look like {sorted(saved)[:8]} ...")
     return out
+
+
+def prune_to_ticket_(model: nn.Module, trained_state: Mapping, density: float, *,
+                     scope: str = "layer", distribution: str = "uniform",
+                     optimizer: torch.optim.Optimizer | None = None) -> dict[str, Tensor]:
+    """One-shot lottery ticket with late rewinding (Frankle et al. 2020): keep the weights that
+    are largest in ``trained_state`` (a trained dense run of the same seed) and continue
+    training from the model's *current* weights (those of the rewind step) under that mask.
+    Pruned weights and their optimizer state become exactly 0. Returns the masks."""
+    layers = sparse_layers(model)
+    if any(m.format != "dense" for _, m in layers):
+        raise ValueError("a one-shot ticket prunes in the middle of training, which a compact "
+                         "bank cannot (its optimizer state has a fixed size): use "
+                         "format='dense'")
+    trained = {n: w for n, (w, _) in saved_dense_weights(_model_state(trained_state),
+                                                         layers).items()}
+    masks = magnitude_masks(model, density, scope=scope, distribution=distribution,
+                            weights=trained)
+    before = {n: m.mask.clone() for n, m in layers}
+    set_masks_(model, masks)
+    for name, m in layers:
+        dropped = (before[name] & ~m.mask).reshape(-1).nonzero().squeeze(1)
+        if optimizer is not None and m.format == "dense":
+            for v in optimizer.state.get(m.weight, {}).values():
+                if torch.is_tensor(v) and v.shape == m.weight.shape:
+                    flat_fill_(v, dropped, 0)
+    return masks
 
 
 def rewind_(model: nn.Module, saved_state: Mapping, masks: Mapping[str, Tensor]) -> int:

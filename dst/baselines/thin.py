@@ -43,9 +43,13 @@ def _count_at(build: Callable[[float], nn.Module], width: float) -> int:
         return count_params(build(width))
 
 
+MATCHES = ("closest", "at_least")
+
+
 def thin_width(build: Callable[[float], nn.Module], target_params: int, lo: float, hi: float,
-               tol: float = 0.005) -> tuple[float, int]:
-    """The width in [lo, hi] whose model has the parameter count closest to ``target_params``.
+               tol: float = 0.005, match: str = "closest") -> tuple[float, int]:
+    """The width in [lo, hi] whose model has the parameter count closest to ``target_params``
+    (``match="at_least"``: the narrowest whose count is not below it).
 
     Bisects on the width (the count must not decrease as the width grows) until the bracket is
     narrower than ``tol`` (in width units; below the gap between two channel-count steps of the
@@ -60,6 +64,8 @@ def thin_width(build: Callable[[float], nn.Module], target_params: int, lo: floa
         raise ValueError(f"need 0 < lo < hi for the width search, got lo={lo}, hi={hi}")
     if not tol > 0:
         raise ValueError(f"tol must be > 0 (the width resolution of the search), got {tol}")
+    if match not in MATCHES:
+        raise ValueError(f"unknown match {match!r}; valid choices: {', '.join(MATCHES)}")
     c_lo, c_hi = _count_at(build, lo), _count_at(build, hi)
     if c_lo > c_hi:
         raise ValueError(f"the parameter count falls as the width grows ({c_lo} at {lo}, "
@@ -77,7 +83,7 @@ def thin_width(build: Callable[[float], nn.Module], target_params: int, lo: floa
             lo, c_lo = mid, c
         else:
             hi, c_hi = mid, c
-    if target_params - c_lo <= c_hi - target_params:
+    if match == "closest" and target_params - c_lo <= c_hi - target_params:
         return _tidy(build, lo, c_lo), c_lo
     return _tidy(build, hi, c_hi), c_hi
 
@@ -108,17 +114,17 @@ def _builder(model_name: str, model_kwargs: dict, num_classes: int):
 
 
 def thin_dense_model(model_name: str, model_kwargs: dict, num_classes: int,
-                     target_params: int) -> tuple[nn.Module, dict]:
+                     target_params: int, match: str = "closest") -> tuple[nn.Module, dict]:
     """The registered model ``model_name`` narrowed (or widened) to about ``target_params``
     parameters. ``model_kwargs`` are its builder's other arguments (Hydra keys such as
     ``_target_`` and ``name`` are ignored; a width given there is only the search's scale).
 
     Returns ``(model, info)`` with info ``{width_key, width, params, target_params, rel_diff}``,
-    ``rel_diff = params / target_params - 1``.
+    ``rel_diff = params / target_params - 1``. ``match``: see :func:`thin_width`.
     """
     build, key, base = _builder(model_name, model_kwargs, num_classes)
     width, params = thin_width(build, int(target_params), base / 64, base * 4,
-                               tol=1e-4)
+                               tol=1e-4, match=match)
     model = build(width)
     params = count_params(model)
     return model, {"width_key": key, "width": width, "params": params,

@@ -1,0 +1,75 @@
+"""Runs per hour on this machine: one run with every core's thread vs N one-thread runs at once.
+
+Each trial trains WRN-28-2 on the shared subset for ``--batches`` steps (the sweep's settings)
+and reads the training time from the run's metrics; trials alternate (A, B, A, B, ...) and the
+best of each mode counts. Writes benchmarks/sweep_jobs.csv and prints the RESULTS.md rows.
+
+    python benchmarks/bench_sweep_jobs.py --repeats 2 --batches 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from dst.environment import cpu_model  # noqa: E402
+
+
+def trial(n_jobs: int, threads: int, batches: int, data: Path) -> float:
+    """Seconds per training step of one run when ``n_jobs`` runs train at once."""
+    procs, dirs = [], []
+    for i in range(n_jobs):
+        d = Path(tempfile.mkdtemp(prefix="dst-jobs-"))
+        dirs.append(d)
+        cmd = [sys.executable, "-m", "dst.train", "model=wrn28_2", "data=npz",
+               f"data.path={data}", "sparsity=static", "sparsity.density=0.1", "trainer.epochs=1",
+               f"trainer.limit_train_batches={batches}", "trainer.limit_eval_batches=1",
+               "trainer.channels_last=true", "trainer.tensorboard=false", f"seed={i}",
+               "trainer.progress=false", f"trainer.num_threads={threads}", f"hydra.run.dir={d}"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    if any(p.wait() != 0 for p in procs):
+        raise SystemExit("a trial run failed")
+    times = [json.loads((d / "metrics.jsonl").read_text().splitlines()[0])["time"] for d in dirs]
+    return max(times) / batches
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--batches", type=int, default=15)
+    p.add_argument("--data", default=str(REPO.parent / "shared/data/cifar10_subset.npz"))
+    args = p.parse_args()
+    cores = os.cpu_count() or 1
+    best = {1: float("inf"), cores: float("inf")}
+    for _ in range(args.repeats):
+        for n in (1, cores):
+            best[n] = min(best[n], trial(n, cores // n, args.batches, Path(args.data)))
+    rows = []
+    for n, sec in best.items():
+        steps_per_hour = 3600 / sec * n  # all n runs advance at once
+        rows.append({"jobs": n, "threads_per_job": cores // n, "sec_per_step": round(sec, 3),
+                     "steps_per_hour_total": round(steps_per_hour), "cpu": cpu_model()})
+    with (REPO / "benchmarks" / "sweep_jobs.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    for r in rows:
+        print(f"| {r['jobs']} x {r['threads_per_job']} thread(s) | {r['sec_per_step']} s/step "
+              f"per run | {r['steps_per_hour_total']} steps/h in all | {r['cpu']} |")
+    ratio = rows[1]["steps_per_hour_total"] / rows[0]["steps_per_hour_total"]
+    print(f"{cores} one-thread runs / one {cores}-thread run: {ratio:.2f}x the throughput")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
