@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dst.environment import cpu_model  # noqa: E402
+from dst.environment import cpu_model, gpu_model  # noqa: E402
 from dst.records import (  # noqa: E402
     build_record,
     config_hash,
@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="launch a run only if it is expected to end within this many minutes "
                    "from the sweep's start (estimated from records made on this CPU)")
+    p.add_argument("--default-minutes", type=float, default=DEFAULT_MINUTES,
+                   help="expected minutes of a 30-epoch run when no record of this machine "
+                   "exists (default %(default)s: a 2-core CPU VM)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once, the CPU threads split "
                    "between them (measured on 2 cores: see benchmarks/RESULTS.md)")
     p.add_argument("--threads", type=int, default=None,
@@ -208,17 +211,29 @@ def compose_hashes(jobs: list[Job], by_name: dict[str, Job], args) -> dict[str, 
 
 
 # ----------------------------------------------------------------------------- estimates
-def estimate_minutes(job: Job, records: list[dict], cpu: str, threads: int, jobs: int,
-                     epochs: int) -> float:
+def machine(record: dict) -> str:
+    """The kind of machine a record ran on: its GPU model, else its CPU model."""
+    return str(record.get("gpu_model") or record.get("cpu_model"))
+
+
+def this_machine(args) -> str:
+    on_gpu = any(e.split("=", 1)[1].startswith("cuda") for e in args.extra
+                 if e.startswith("trainer.device="))
+    return str((gpu_model() if on_gpu else None) or cpu_model())
+
+
+def estimate_minutes(job: Job, records: list[dict], where: str, threads: int, jobs: int,
+                     epochs: int, default: float = DEFAULT_MINUTES) -> float:
     """Minutes ``job`` should take here: the median recorded minutes per epoch of the same
-    method (else of any method) on this CPU model at the same threads and jobs."""
-    same = [r for r in records if r.get("cpu_model") == cpu and r.get("threads") == threads
+    method (else of any method) on this kind of machine at the same threads and jobs; else
+    ``default`` minutes per 30 epochs."""
+    same = [r for r in records if machine(r) == where and r.get("threads") == threads
             and r.get("jobs") == jobs and r.get("wall_time") and r.get("epochs")]
     for pool in ([r for r in same if r["method"] == job.method], same):
         if pool:
             per_epoch = statistics.median(r["wall_time"] / len(r["epochs"]) for r in pool)
             return per_epoch * epochs / 60.0
-    return DEFAULT_MINUTES * epochs / 30
+    return default * epochs / 30
 
 
 # ----------------------------------------------------------------------------- execution
@@ -253,6 +268,16 @@ def record_run(j: Job, args) -> Path:
     return path
 
 
+def write_plan(args, jobs: list[Job], done: set[str], running=()) -> None:
+    """plan.json in the records folder: every run of the plan with its hash and status, so the
+    report marks the cells still to run (or running)."""
+    runs = [{"name": j.name, "method": j.method, "density": j.density, "seed": j.seed,
+             "hash": j.hash, "status": "recorded" if j.key in done else
+             "running" if j.name in running else "to run"} for j in jobs]
+    write_json(args.results / "plan.json", {"sweep": args.name, "epochs": args.epochs,
+                                            "runs": runs})
+
+
 def recorded(args) -> tuple[set[str], list[dict]]:
     records, bad = load_records(args.results)
     for b in bad:
@@ -263,7 +288,7 @@ def recorded(args) -> tuple[set[str], list[dict]]:
 def execute(jobs: list[Job], args) -> list[str]:
     """Run what is not recorded yet, ``args.jobs`` at a time; returns the runs left undone."""
     done, records = recorded(args)
-    cpu, start = cpu_model(), time.time()
+    where, start = this_machine(args), time.time()
     by_name = {j.name: j for j in jobs}
     pending = [j for j in jobs if j.key not in done]
     running: dict[str, tuple[Job, subprocess.Popen, object]] = {}
@@ -294,7 +319,8 @@ def execute(jobs: list[Job], args) -> list[str]:
                     lost.add(j.name)
                     pending.remove(j)
                     continue
-                est = estimate_minutes(j, records, cpu, args.threads, args.jobs, args.epochs)
+                est = estimate_minutes(j, records, where, args.threads, args.jobs, args.epochs,
+                                       args.default_minutes)
                 elapsed = (time.time() - start) / 60
                 if args.budget_minutes is not None and elapsed + est > args.budget_minutes:
                     print(f"{j.name}: not launched, ~{est:.0f} min would end past the "
@@ -309,6 +335,7 @@ def execute(jobs: list[Job], args) -> list[str]:
                 running[j.name] = (j, proc, log)
                 pending.remove(j)
                 launched += 1
+                write_plan(args, jobs, done, running)
                 print(f"{j.name}: running (~{est:.0f} min, log {logs / (j.key + '.log')})",
                       flush=True)
             time.sleep(0.5)
@@ -323,6 +350,7 @@ def execute(jobs: list[Job], args) -> list[str]:
                     path = record_run(j, args)
                     done.add(j.key)
                     records.append(json.loads(path.read_text()))
+                    write_plan(args, jobs, done, running)
                     print(f"{j.name}: recorded {path}", flush=True)
                 except (RuntimeError, ValueError, OSError) as e:
                     print(f"{j.name}: FAILED ({e})", flush=True)
@@ -356,11 +384,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: error: data file {args.data_path} not found (the shared CIFAR-10 subset "
               "lives at ../shared/data/cifar10_subset.npz; see its README)", file=sys.stderr)
         return 2
+    write_plan(args, jobs, recorded(args)[0])
     left = execute(jobs, args)
+    write_plan(args, jobs, recorded(args)[0])
     if not args.no_report:
-        from dst.report import build_report
+        from dst.comparison import write
 
-        build_report(args.results, BENCH / "comparison", plan=[(j.name, j.hash) for j in jobs])
+        files = write(args.results, BENCH)["files"]
+        print("wrote " + ", ".join(str(f) for f in files))
     if left:
         print("not finished: " + ", ".join(left), file=sys.stderr)
         return 1

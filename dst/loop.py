@@ -185,6 +185,8 @@ def fit_ticket(r: Run) -> bool:
                              distribution=s.distribution, optimizer=r.optimizer)
             if r.engine is not None:
                 r.engine.reset_budget()
+            r.runlog.density(step, r.epoch + 1, {n: m.n_active
+                                                 for n, m in convert.sparse_layers(r.model)})
             if r.main:
                 log.info("ticket: pruned to density %s by the trained weights of %s at step %d",
                          s.density, s.ticket_from, step)

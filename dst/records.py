@@ -142,6 +142,8 @@ def load_records(folder: Path) -> tuple[list[dict], list[str]]:
     """(records, 'file (why)' for each JSON left out) of a sweep's record folder."""
     records, bad = [], []
     for path in sorted(Path(folder).glob("*.json")):
+        if path.name == "plan.json":  # the sweep's plan, not a record
+            continue
         try:
             rec = json.loads(path.read_text())
         except (OSError, ValueError) as e:

@@ -1,4 +1,5 @@
-"""dst-report: the results table and plots of a sweep of run directories.
+"""dst-report: the results table and plots of a sweep of run directories (or, given a sweep's
+records folder, the comparison of :mod:`dst.comparison`).
 
 ``dst-report <sweep_dir> [--out DIR]`` finds every run directory below ``sweep_dir`` (one with a
 ``summary.json``; unfinished ones are listed as skipped), groups finished runs by
@@ -309,10 +310,21 @@ def build_report(sweep_dir, out_dir=None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dst-report", description="Tables and plots from a sweep of dst run directories.")
-    parser.add_argument("sweep_dir", help="folder searched recursively for run directories")
+    parser.add_argument("sweep_dir", help="folder searched recursively for run directories, "
+                        "or a sweep's records folder (benchmarks/results/<sweep>)")
     parser.add_argument("--out", default=None, help="where to write (default: sweep_dir)")
     args = parser.parse_args(argv)
+    folder = Path(args.sweep_dir)
     try:
+        if folder.is_dir() and ((folder / "plan.json").is_file() or any(
+                p.suffix == ".json" for p in folder.iterdir())):
+            from .comparison import write
+
+            result = write(folder, Path(args.out) if args.out else folder)
+            print(f"{sum(len(c['records']) for c in result['cells'].values())} records in "
+                  f"{len(result['cells'])} cells; wrote "
+                  f"{', '.join(str(f) for f in result['files'])}")
+            return 0
         result = build_report(args.sweep_dir, args.out)
     except ReportError as e:
         print(f"dst-report: error: {e}", file=sys.stderr)

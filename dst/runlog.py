@@ -74,7 +74,8 @@ class RunLog:
                     self._tb.add_scalar(k, v, metrics["epoch"])
             self._tb.flush()
 
-    def update(self, report, epoch: int) -> None:
+    def density(self, step: int, epoch: int, active: dict[str, int]) -> None:
+        """A row of density_history.csv: each sparse layer's density from ``step`` on."""
         if not self.enabled or not self.layer_names:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -83,9 +84,13 @@ class RunLog:
             w = csv.writer(f)
             if new:
                 w.writerow(["step", "epoch", *self.layer_names])
-            w.writerow([report.step, epoch, *(f"{report.active[n] / s:.6g}" for n, s in
-                                              zip(self.layer_names, self.layer_sizes,
-                                                  strict=True))])
+            w.writerow([step, epoch, *(f"{active[n] / s:.6g}" for n, s in
+                                       zip(self.layer_names, self.layer_sizes, strict=True))])
+
+    def update(self, report, epoch: int) -> None:
+        if not self.enabled or not self.layer_names:
+            return
+        self.density(report.step, epoch, report.active)
         new = not self.updates_path.is_file()
         with self.updates_path.open("a", newline="") as f:
             w = csv.writer(f)

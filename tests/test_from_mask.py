@@ -135,6 +135,8 @@ def test_baseline_presets_compose(name, tmp_path):
         assert s.method is None and s.schedule is None and s.init is None
     if name == "lottery":
         assert s.rounds == 3 and s.rewind == "init" and s.scope == "layer"
+        assert s.ticket_from is None  # iterative rounds unless a trained run is given
     if name == "gmp":
         assert s.method._target_ == "dst.methods.GMP" and s.method.final_density == 0.2
-        assert s.schedule.stop == 0.75 and s.init_from is None
+        assert s.schedule.period_unit == "fraction" and s.schedule.stop == 0.85
+        assert s.init_from is None

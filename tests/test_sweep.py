@@ -1,12 +1,18 @@
-"""benchmarks/sweep.py --dry-run: every method x density x seed, with the right seed counts."""
+"""benchmarks/sweep.py: the plan (priority, hashes, dependencies), records that persist and are
+skipped on the next run, budgets, and the GPU script's plan."""
 
 import importlib.util
-import shlex
+import json
+import os
+import subprocess
 import sys
 from collections import Counter
 
+import numpy as np
 import pytest
 from conftest import REPO
+
+from dst.records import canonical_config, config_hash, load_records
 
 spec = importlib.util.spec_from_file_location("bench_sweep", REPO / "benchmarks" / "sweep.py")
 sweep = importlib.util.module_from_spec(spec)
@@ -14,57 +20,125 @@ sys.modules["bench_sweep"] = sweep  # dataclasses look their module up
 spec.loader.exec_module(sweep)
 
 
-def run_dirs(lines):
-    out = {}
-    for line in lines:
-        args = shlex.split(line)
-        kv = dict(a.split("=", 1) for a in args if "=" in a)
-        out[kv["hydra.run.dir"].rsplit("/", 1)[1]] = kv
-    return out
+def _plan(tmp_path, *extra):
+    return sweep.plan(sweep.parse_args(["--results", str(tmp_path / "res"), "--work",
+                                        str(tmp_path / "work"), *extra]))
 
 
-def test_dry_run_covers_every_method_density_and_seed(tmp_path, capsys):
-    out = tmp_path / "sw"
-    assert sweep.main(["--dry-run", "--densities", "0.1", "0.2", "--seeds-main", "3",
-                       "--seeds-rest", "2", "--epochs", "7", "--out", str(out)]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    runs = run_dirs(lines)
-    assert len(lines) == len(runs) == 3 + 2 * (3 * 3 + 2 * 7)
-    expected = {f"dense_d1_s{s}" for s in range(3)}
-    for d in ("0.1", "0.2"):
-        expected |= {f"{m}_d{d}_s{s}" for m in ("dsr", "static", "set") for s in range(3)}
-        expected |= {f"{m}_d{d}_s{s}" for m in sweep.REST for s in range(2)}
-    assert set(runs) == expected
-    per_method = Counter(name.rsplit("_d", 1)[0] for name in runs)
-    assert per_method["dsr"] == per_method["set"] == 6 and per_method["dense"] == 3
-    assert all(per_method[m] == 4 for m in sweep.REST)
-    for name, kv in runs.items():
-        assert kv["trainer.epochs"] == "7" and kv["seed"] == name.rsplit("_s", 1)[1]
-        assert kv["data"] == "npz" and kv["data.path"].endswith("cifar10_subset.npz")
-        if not name.startswith("dense"):
-            assert kv["sparsity.density"] == name.split("_d")[-1].split("_s")[0]
-    assert runs["static_erk_d0.1_s1"]["sparsity"] == "static"
-    assert runs["static_erk_d0.1_s1"]["sparsity.distribution"] == "erk"
-    assert runs["snip_d0.2_s0"]["sparsity"] == "snip"
-    # static_from_mask trains the DSR mask of the same density and seed, after that run
-    names = list(runs)
-    fm = runs["static_from_mask_d0.2_s1"]
-    assert fm["sparsity.init.source"] == str((out / "dsr_d0.2_s1").resolve())
+def test_plan_order_counts_and_dependencies(tmp_path):
+    jobs = _plan(tmp_path, "--densities", "0.2", "0.1", "--seeds-main", "3", "--seeds-rest",
+                 "2")
+    names = [j.name for j in jobs]
+    assert len(names) == len(set(names)) == 3 + 2 * (3 * 3 + 2 * 8)
+    per_method = Counter(j.method for j in jobs)
+    assert per_method["dense"] == 3 and per_method["dsr"] == 6 and per_method["lottery"] == 4
+    # density 0.1 first; within it every method of seed 0 before any of seed 1
+    assert all(j.density in (0.1, 1.0) for j in jobs[:28])
+    first_s1 = next(i for i, j in enumerate(jobs) if j.seed == 1)
+    assert {j.method for j in jobs[:first_s1]} == set(sweep.MAIN + sweep.REST)
+    by = {j.name: j for j in jobs}
+    fm, gmp, lot = by["static_from_mask_d0.2_s1"], by["gmp_d0.1_s0"], by["lottery_d0.1_s1"]
+    dsr = by["dsr_d0.2_s1"]
+    assert fm.needs == {"dsr_d0.2_s1": "masks"} and dsr.provides == "masks"
+    assert f"sparsity.init.source={tmp_path / 'res' / 'artifacts' / dsr.key}.masks.pt" \
+        in fm.overrides
+    assert any(o.startswith("sparsity.init_from=") and o.endswith(
+        f"{by['dense_d1_s0'].key}.weights.pt") for o in gmp.overrides)
+    assert f"sparsity.rewind={sweep.TICKET_REWIND}" in lot.overrides
+    assert by["dense_d1_s2"].provides is None  # no seed-2 run needs the dense weights
     assert names.index("dsr_d0.2_s1") < names.index("static_from_mask_d0.2_s1")
-    assert runs["gmp_d0.1_s0"]["sparsity.init_from"] == str((out / "dense_d1_s0").resolve())
-    assert names.index("dense_d1_s0") < names.index("gmp_d0.1_s0")
 
 
-def test_resume_skips_finished_runs_and_bad_options_exit(tmp_path, capsys):
-    args = sweep.parse_args(["--densities", "0.1", "--seeds-main", "1", "--seeds-rest", "0",
-                             "--methods", "dsr", "--out", str(tmp_path)])
-    jobs = sweep.plan(args)
-    assert [j.name for j in jobs] == ["dsr_d0.1_s0"]
-    (tmp_path / "dsr_d0.1_s0").mkdir()
-    (tmp_path / "dsr_d0.1_s0" / "summary.json").write_text('{"finished": true}')
-    assert sweep.execute(jobs, tmp_path) == []
-    assert "done already, skipped" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as e:
-        sweep.parse_args(["--seeds-main", "1", "--seeds-rest", "2"])
-    assert e.value.code == 2
-    assert "--seeds-rest must not exceed --seeds-main" in capsys.readouterr().err
+def test_hashes_name_the_preset_not_the_machine(tmp_path):
+    a = {j.name: j.hash for j in _plan(tmp_path, "--densities", "0.1", "--seeds-main", "1",
+                                       "--seeds-rest", "1")}
+    b = {j.name: j.hash for j in _plan(tmp_path / "elsewhere", "--densities", "0.1",
+                                       "--seeds-main", "1", "--seeds-rest", "1", "--set",
+                                       "trainer.device=cuda", "--threads", "7")}
+    c = {j.name: j.hash for j in _plan(tmp_path, "--densities", "0.1", "--seeds-main", "1",
+                                       "--seeds-rest", "1", "--epochs", "29")}
+    assert a == b  # other folders, device and threads: the same experiment
+    assert all(a[n] != c[n] for n in a)  # another epoch count: another preset
+    assert len(set(a.values())) == len(a)
+
+
+def test_canonical_config_drops_volatile_keys_and_path_folders():
+    cfg = {"trainer": {"epochs": 3, "device": "cuda", "num_threads": 4},
+           "data": {"path": "/a/b/subset.npz", "batch_size": 100},
+           "sparsity": {"init": {"source": "/x/dsr_d0.1_s0-abc.masks.pt"}}, "hydra": {"x": 1}}
+    assert canonical_config(cfg) == {"trainer": {"epochs": 3},
+                                     "data": {"path": "subset.npz", "batch_size": 100},
+                                     "sparsity": {"init": {"source": "dsr_d0.1_s0-abc.masks.pt"}}}
+    moved = {**cfg, "data": {"path": "/elsewhere/subset.npz", "batch_size": 100}}
+    assert config_hash(moved) == config_hash(cfg)
+    assert config_hash({**cfg, "seed": 1}) != config_hash(cfg)
+
+
+def test_estimates_come_from_this_machines_records():
+    job = sweep.Job("dsr_d0.1_s0", "dsr", 0.1, 0, [])
+    rec = {"method": "dsr", "cpu_model": "X", "gpu_model": None, "threads": 2, "jobs": 1,
+           "wall_time": 600.0, "epochs": [{}] * 10}  # 60 s per epoch
+    other = {**rec, "method": "set", "wall_time": 1200.0}  # 120 s per epoch
+    assert sweep.estimate_minutes(job, [rec, other], "X", 2, 1, 30) == pytest.approx(30.0)
+    set_job = sweep.Job("set_d0.1_s0", "set", 0.1, 0, [])
+    assert sweep.estimate_minutes(set_job, [rec, other], "X", 2, 1, 30) == pytest.approx(60.0)
+    snip = sweep.Job("snip_d0.1_s0", "snip", 0.1, 0, [])  # no snip record: any method's median
+    assert sweep.estimate_minutes(snip, [rec, other], "X", 2, 1, 30) == pytest.approx(45.0)
+    # another CPU or another thread split: no evidence, the default per 30 epochs
+    assert sweep.estimate_minutes(job, [rec], "Y", 2, 1, 15, default=40) == pytest.approx(20.0)
+    assert sweep.estimate_minutes(job, [rec], "X", 1, 2, 30, default=40) == pytest.approx(40.0)
+    assert sweep.machine({**rec, "gpu_model": "NVIDIA H200"}) == "NVIDIA H200"
+
+
+def _tiny_npz(path):
+    g = np.random.default_rng(0)
+    np.savez(path, train_x=g.integers(0, 255, (100, 3, 16, 16), dtype=np.uint8),
+             train_y=g.integers(0, 10, 100), test_x=g.integers(0, 255, (20, 3, 16, 16),
+                                                              dtype=np.uint8),
+             test_y=g.integers(0, 10, 20))
+
+
+@pytest.mark.slow
+def test_runs_are_recorded_once_and_dependencies_read_artifacts(tmp_path):
+    data = tmp_path / "tiny.npz"
+    _tiny_npz(data)
+    args = ["--model", "resnet20", "--epochs", "2", "--densities", "0.1", "--seeds-main", "1",
+            "--seeds-rest", "1", "--methods", "dsr", "static_from_mask", "--data-path",
+            str(data), "--set", "data.batch_size=10", "--set", "trainer.limit_eval_batches=1",
+            "--results", str(tmp_path / "res"), "--work", str(tmp_path / "work"),
+            "--no-report", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sweep.py"), *args],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    records, bad = load_records(tmp_path / "res")
+    assert not bad and sorted(r["name"] for r in records) == ["dsr_d0.1_s0",
+                                                              "static_from_mask_d0.1_s0"]
+    dsr = next(r for r in records if r["method"] == "dsr")
+    assert dsr["updates"] > 0 and dsr["moved_per_update_mean"] > 0
+    assert len(dsr["epochs"]) == 2 and dsr["final_test_acc1"] is not None
+    assert dsr["cpu_model"] and dsr["torch"] and dsr["config"]["seed"] == 0
+    masks = tmp_path / "res" / dsr["artifacts"]["masks"]["file"]
+    assert masks.is_file()
+    fm = next(r for r in records if r["method"] == "static_from_mask")
+    assert fm["final_layer_density"] == dsr["final_layer_density"]  # DSR's final mask
+    plan = json.loads((tmp_path / "res" / "plan.json").read_text())["runs"]
+    assert [p["status"] for p in plan] == ["recorded", "recorded"]
+    # the run folders are scratch: without them the records still count
+    again = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sweep.py"), *args,
+                            "--work", str(tmp_path / "other_machine")],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and "running" not in again.stdout
+
+
+def test_gpu_script_plans_the_density_01_matrix_with_the_cpu_hashes(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable}
+    out = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_sweep.sh"), "--dry-run",
+                          "--results", str(tmp_path / "res")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    heads = [ln[2:].split(":")[0] for ln in out.stdout.splitlines() if ln.startswith("# ")]
+    cmds = [ln for ln in out.stdout.splitlines() if not ln.startswith("#")]
+    assert len(heads) == 28 and all("trainer.device=cuda" in c for c in cmds)
+    cpu = {j.key for j in _plan(tmp_path, "--densities", "0.1")}
+    assert set(heads) == cpu

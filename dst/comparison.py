@@ -1,0 +1,212 @@
+"""The method comparison from committed sweep records (``benchmarks/results/<sweep>/``).
+
+Per method x density: recorded / planned seeds, mean ± sd of the final test accuracy, the
+paired difference DSR − X over the seeds both have, non-zero parameters, weights moved per
+update, train FLOPs; cells not recorded yet are marked (running / to run), never left blank.
+Only records of the plan's config hash enter a cell; records of other presets are listed apart.
+Writes ``comparison.md``, ``comparison.csv``, ``comparison_acc_vs_params.png`` and
+``comparison_dsr_density.png``. ``dst-report <records folder>`` runs it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from .records import load_records
+from .report import Group, ReportError, Run, group_runs, plot_acc_vs_params
+from .trainer import atomic_write
+
+# Mostafa & Wang (ICML 2019) Table 2 and Dettmers & Zettlemoyer (SNFS): WRN-28-2 on the full
+# CIFAR-10, 90 % sparse (our density 0.1), 200 epochs, mean of 5 seeds
+PAPER_D01 = {"dsr": 93.59, "snfs": 93.61, "set": 93.28, "static": 92.04, "dense": 94.70}
+ORDER = ("dense", "thin_dense", "static", "static_erk", "snip", "static_from_mask", "lottery",
+         "gmp", "set", "rigl", "snfs", "dsr")
+
+
+def _mean_sd(v: list[float]) -> tuple[float | None, float | None]:
+    if not v:
+        return None, None
+    return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else None
+
+
+def _pm(mean, sd, spec=".2f") -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:{spec}} ± {sd:{spec}}" if sd is not None else f"{mean:{spec}}"
+
+
+def load_plan(folder: Path) -> list[dict]:
+    path = folder / "plan.json"
+    return json.loads(path.read_text())["runs"] if path.is_file() else []
+
+
+def cells(records: list[dict], plan: list[dict]) -> tuple[dict, list[dict]]:
+    """{(method, density): {"records", "planned", "status"}} over the plan's hashes (or every
+    record's own when there is no plan), and the records of other hashes."""
+    wanted = {(p["name"], p["hash"]) for p in plan}
+    current = [r for r in records if not plan or (r["name"], r["config_hash"]) in wanted]
+    stale = [r for r in records if plan and (r["name"], r["config_hash"]) not in wanted]
+    out: dict[tuple[str, float], dict] = {}
+    for p in plan:
+        c = out.setdefault((p["method"], p["density"]), {"records": [], "planned": 0,
+                                                        "status": []})
+        c["planned"] += 1
+        c["status"].append(p.get("status", "to run"))
+    for r in current:
+        c = out.setdefault((r["method"], r["density"]), {"records": [], "planned": 0,
+                                                        "status": []})
+        c["records"].append(r)
+        c["planned"] = max(c["planned"], len(c["records"]))
+    return out, stale
+
+
+def paired(dsr: list[dict], other: list[dict]) -> tuple[float | None, float | None, int]:
+    """DSR − X of the final accuracy over the seeds both recorded: (mean, sd, n)."""
+    a = {r["seed"]: r["final_test_acc1"] for r in dsr}
+    diffs = [a[r["seed"]] - r["final_test_acc1"] for r in other if r["seed"] in a]
+    mean, sd = _mean_sd(diffs)
+    return mean, sd, len(diffs)
+
+
+def _order(key):
+    m, d = key
+    return (0 if m == "dense" else 1, d, ORDER.index(m) if m in ORDER else len(ORDER), m)
+
+
+def table(cell_map: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["method", "density", "seeds", "test acc (%)", "DSR − X (paired)", "params non-zero",
+            "model density", "moved / update", "train FLOPs", "min / run", "status"]
+    rows = []
+    dsr_by_density = {d: c["records"] for (m, d), c in cell_map.items() if m == "dsr"}
+    for key in sorted(cell_map, key=_order):
+        (m, d), c = key, cell_map[key]
+        recs = c["records"]
+        acc = _mean_sd([r["final_test_acc1"] for r in recs])
+        pairs = []
+        if m != "dsr":  # dense (density 1) pairs with DSR at every density
+            for dd, drecs in sorted(dsr_by_density.items()):
+                if m != "dense" and dd != d:
+                    continue
+                pm, psd, n = paired(drecs, recs)
+                if n:
+                    label = f" (d {dd:g})" if m == "dense" else ""
+                    pairs.append(f"{_pm(pm, psd)} (n={n}){label}")
+        todo = [s for s in c["status"] if s != "recorded"]
+        status = "complete" if not todo and recs else ", ".join(
+            f"{todo.count(s)} {s}" for s in sorted(set(todo))) or "—"
+        def mean(k, recs=recs):
+            ok = recs and all(isinstance(r.get(k), (int, float)) for r in recs)
+            return statistics.fmean(r[k] for r in recs) if ok else None
+
+        moved = mean("moved_per_update_mean")
+        rows.append([
+            m, f"{d:g}", f"{len(recs)}/{c['planned']}", _pm(*acc),
+            "; ".join(pairs) if pairs else ("—" if m != "dsr" else "(reference)"),
+            "—" if mean("params_nonzero") is None else f"{round(mean('params_nonzero')):,}",
+            "—" if mean("model_density") is None else f"{mean('model_density'):.4f}",
+            "—" if moved is None else (f"{moved:,.0f}" if moved else "0 (static)"),
+            "—" if mean("train_flops_ratio") is None else f"{mean('train_flops_ratio'):.3f}",
+            "—" if mean("wall_time") is None else f"{mean('wall_time') / 60:.1f}", status])
+    return head, rows
+
+
+def _md_table(head, rows) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def ordering_sentence(cell_map: dict) -> str:
+    """Where the subset orders DSR's peers at density 0.1 unlike the paper (full CIFAR-10)."""
+    ours = {m: statistics.fmean(r["final_test_acc1"] for r in c["records"])
+            for (m, d), c in cell_map.items() if c["records"] and m in PAPER_D01
+            and (d == 0.1 or m == "dense")}
+    if len(ours) < 2:
+        return "Too few methods recorded at density 0.1 to compare their order with the paper."
+    mine = sorted(ours, key=lambda m: -ours[m])
+    paper = sorted(ours, key=lambda m: -PAPER_D01[m])
+    text = (f"Order on the subset: {' > '.join(mine)}; in the paper: {' > '.join(paper)}"
+            f"{' (the same)' if mine == paper else ''}.")
+    return text
+
+
+def write(folder: Path, out_dir: Path, title: str | None = None) -> dict:
+    folder = Path(folder)
+    records, bad = load_records(folder)
+    plan = load_plan(folder)
+    if not records and not plan:
+        raise ReportError(f"no sweep record (*.json) and no plan.json in {folder}")
+    cell_map, stale = cells(records, plan)
+    out = Path(out_dir)
+    head, rows = table(cell_map)
+    current = [r for c in cell_map.values() for r in c["records"]]
+    commits = sorted({str(r.get("git_commit")) for r in current})
+    cpus = sorted({str(r.get("gpu_model") or r.get("cpu_model")) for r in current})
+    any_rec = current[0] if current else None
+    cfg = (any_rec or {}).get("config", {})
+    title = title or (f"Comparison {folder.name}: {cfg.get('model', {}).get('name', '?')} on "
+                      f"{cfg.get('data', {}).get('name', '?')}, "
+                      f"{cfg.get('trainer', {}).get('epochs', '?')} epochs")
+    md = [f"# {title}", "",
+          f"Generated by `dst-report {folder} --out {out}` from {len(current)} committed "
+          f"records ({len(stale)} of other presets left out{', ' if bad else ''}"
+          f"{', '.join(bad)}).", "", *_md_table(head, rows), "",
+          "test acc: final top-1 on the 1,017 test images, mean ± sample sd over seeds. DSR − X: "
+          "per seed, DSR's accuracy minus X's at the same density and seed (dense: at each "
+          "DSR density), mean ± sd over the seeds both have. moved / update: weights pruned "
+          "(= grown) per mask update, measured. min / run: wall minutes (machine below). "
+          "status: seeds still to run or running.", "",
+          "## Against the paper (WRN-28-2, full CIFAR-10, 200 epochs, 90 % sparse)", "",
+          "| method | paper | ours at density 0.1 (subset) |", "|---|---|---|"]
+    for m, p in PAPER_D01.items():
+        c = cell_map.get((m, 1.0 if m == "dense" else 0.1))
+        ours = _pm(*_mean_sd([r["final_test_acc1"] for r in c["records"]])) if c else "—"
+        md.append(f"| {m} | {p:.2f} | {ours} |")
+    md += ["", ordering_sentence(cell_map), "",
+           f"Commits: {', '.join(commits) or '—'}. Machines: {', '.join(cpus) or '—'}."]
+    if stale:
+        md += ["", "Records of other presets (not in the table): " + ", ".join(
+            f"{r['name']}-{r['config_hash']}" for r in stale)]
+    files = [out / "comparison.md", out / "comparison.csv"]
+    atomic_write(files[0], lambda p: p.write_text("\n".join(md) + "\n"))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerows([head, *rows])
+    atomic_write(files[1], lambda p: p.write_text(buf.getvalue()))
+    files += plots(cell_map, out, title)
+    return {"cells": cell_map, "stale": stale, "files": files}
+
+
+def plots(cell_map: dict, out: Path, title: str) -> list[Path]:
+    groups: list[Group] = []
+    for (m, d), c in cell_map.items():
+        runs = [Run(Path(r["name"]), r, m, d, r.get("train_flops_ratio")) for r in c["records"]]
+        if runs:
+            groups.append(Group(m, d, runs))
+    files = []
+    if groups:
+        png = out / "comparison_acc_vs_params.png"
+        plot_acc_vs_params(group_runs([r for g in groups for r in g.runs]), png, title)
+        files.append(png)
+    dsr = sorted((r for (m, _), c in cell_map.items() if m == "dsr" for r in c["records"]
+                  if r.get("density_history")), key=lambda r: (r["density"], r["seed"]))
+    if dsr:
+        from .runlog import plot_density_csv
+
+        h = dsr[0]["density_history"]
+        names = list(h["layers"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "h.csv"
+            with path.open("w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["step", "epoch", *names])
+                for i, step in enumerate(h["step"]):
+                    w.writerow([step, "", *(h["layers"][n][i] for n in names)])
+            png = plot_density_csv(path, out / "comparison_dsr_density.png",
+                                   title=f"DSR per-layer density over training ({dsr[0]['name']})")
+        files += [png] if png else []
+    return files

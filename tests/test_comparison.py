@@ -1,0 +1,55 @@
+"""dst-report on sweep records: cells, paired differences, missing runs, presets kept apart."""
+
+import json
+
+from dst.comparison import paired, write
+from dst.records import RECORD_VERSION
+from dst.report import main as report_main
+
+
+def rec(method, density, seed, acc, h="h1", **kw):
+    return {"record_version": RECORD_VERSION, "name": f"{method}_d{density:g}_s{seed}",
+            "method": method, "density": density, "seed": seed, "config_hash": h,
+            "final_test_acc1": acc, "params_nonzero": 1000 if method != "dense" else 10000,
+            "model_density": 0.1, "moved_per_update_mean": 50.0 if method == "dsr" else 0.0,
+            "train_flops_ratio": 0.1, "wall_time": 600.0, "git_commit": "abc",
+            "cpu_model": "cpu", "config": {"model": {"name": "wrn28_2"}}, **kw}
+
+
+def test_paired_difference_over_shared_seeds_only():
+    dsr = [rec("dsr", 0.1, 0, 70.0), rec("dsr", 0.1, 1, 72.0), rec("dsr", 0.1, 2, 71.0)]
+    static = [rec("static", 0.1, 0, 66.0), rec("static", 0.1, 1, 69.0)]
+    mean, sd, n = paired(dsr, static)
+    # seeds 0, 1: 70 - 66 = 4, 72 - 69 = 3 -> mean 3.5, sd sqrt(((0.5)^2 * 2) / 1) = 0.7071
+    assert n == 2 and abs(mean - 3.5) < 1e-12 and abs(sd - 0.70710678) < 1e-6
+
+
+def test_table_marks_missing_cells_and_keeps_other_presets_apart(tmp_path):
+    res = tmp_path / "res"
+    res.mkdir()
+    records = [rec("dsr", 0.1, 0, 70.0), rec("dsr", 0.1, 1, 72.0), rec("static", 0.1, 0, 66.0),
+               rec("dense", 1.0, 0, 80.0), rec("set", 0.1, 0, 50.0, h="old")]
+    for r in records:
+        (res / f"{r['name']}-{r['config_hash']}.json").write_text(json.dumps(r))
+    plan = [{"name": r["name"], "method": r["method"], "density": r["density"],
+             "seed": r["seed"], "hash": "h1", "status": "recorded"} for r in records[:4]]
+    plan += [{"name": "static_d0.1_s1", "method": "static", "density": 0.1, "seed": 1,
+              "hash": "h1", "status": "running"},
+             {"name": "set_d0.1_s0", "method": "set", "density": 0.1, "seed": 0, "hash": "h1",
+              "status": "to run"}]
+    (res / "plan.json").write_text(json.dumps({"runs": plan}))
+    assert report_main([str(res), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    rows = {}  # the first table's rows (the paper table below repeats some names)
+    for ln in md.splitlines():
+        if ln.startswith("| ") and (" | 0.1 | " in ln or ln.startswith("| dense | 1 |")):
+            rows.setdefault(ln.split(" | ")[0].strip("| "), ln)
+    assert "| 71.00 ± 1.41 |" in rows["dsr"] and "(reference)" in rows["dsr"]
+    assert "| 1/2 | 66.00 |" in rows["static"] and "| 4.00 (n=1) |" in rows["static"]
+    assert "1 running" in rows["static"]
+    assert "| 0/1 | — |" in rows["set"] and "1 to run" in rows["set"]  # the old preset's
+    assert "50.00" not in rows["set"] and "set_d0.1_s0-old" in md  # record is listed apart
+    assert "-10.00 (n=1) (d 0.1)" in rows["dense"]  # 70 - 80 on seed 0
+    assert "| dsr | 93.59 | 71.00 ± 1.41 |" in md
+    assert (tmp_path / "out" / "comparison_acc_vs_params.png").stat().st_size > 1000
+    assert write(res, tmp_path / "out2")["stale"][0]["config_hash"] == "old"
