@@ -38,8 +38,10 @@ def select(scores: Tensor, k: int, flat: Tensor | None = None, *,
     chosen = s < kth
     ties = (s == kth).nonzero().squeeze(1)
     need = k - int(chosen.sum())
-    key = ties if flat is None else flat.index_select(0, ties)
-    chosen[ties.index_select(0, key.argsort()[:need])] = True
+    if ties.numel() > need:  # only then does the rule decide anything
+        key = ties if flat is None else flat.index_select(0, ties)
+        ties = ties.index_select(0, key.argsort()[:need])
+    chosen[ties] = True
     return chosen.nonzero().squeeze(1)
 
 
