@@ -20,6 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from _results import command, machine, write_section  # noqa: E402
+
 from dst.environment import cpu_model  # noqa: E402
 
 
@@ -63,11 +65,20 @@ def main() -> int:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    for r in rows:
-        print(f"| {r['jobs']} x {r['threads_per_job']} thread(s) | {r['sec_per_step']} s/step "
-              f"per run | {r['steps_per_hour_total']} steps/h in all | {r['cpu']} |")
+    lines = ["| runs at once x threads | s per step, per run | steps per hour, all runs |",
+             "|---|---|---|"]
+    lines += [f"| {r['jobs']} x {r['threads_per_job']} | {r['sec_per_step']} | "
+              f"{r['steps_per_hour_total']} |" for r in rows]
     ratio = rows[1]["steps_per_hour_total"] / rows[0]["steps_per_hour_total"]
-    print(f"{cores} one-thread runs / one {cores}-thread run: {ratio:.2f}x the throughput")
+    verdict = (f"{cores} one-thread runs give {ratio:.2f}x the throughput of one {cores}-thread "
+               f"run: the sweep's default is --jobs {cores if ratio > 1.05 else 1}"
+               f"{'' if ratio > 1.05 else ' (within noise of a tie, fewer runs at once win)'}.")
+    md = "\n".join(lines)
+    print(md + "\n" + verdict)
+    write_section("sweep-jobs", f"## Sweep: runs at once (CPU)\n\nCommand: `{command()}`  \n"
+                                f"Machine: {machine()}\n\nWRN-28-2 on the subset, batch 100, "
+                                f"best of {args.repeats} interleaved trials of {args.batches} "
+                                f"steps.\n\n{md}\n\n{verdict}\n")
     return 0
 
 

@@ -7,7 +7,9 @@ Each subclasses the torch layer it replaces, keeps its constructor and adds keyw
 
 from __future__ import annotations
 
+import functools
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 from ._checks import FORMATS, check_choice, check_density
 from .distributions import budget_for
 from .kernels.backends import BACKENDS, choose, csr_eligible, csr_forward
+from .kernels.native import mask_zero_
 from .storage import SparseBank, compact_conv2d, compact_linear, flat_get, materialize
 
 
@@ -27,6 +30,18 @@ def random_mask(shape, count: int, generator: torch.Generator | None = None,
     mask = torch.zeros(numel, dtype=torch.bool)
     mask[idx] = True
     return mask.view(*shape).to(device)
+
+
+def _capture_hook(layer_ref, grad: Tensor) -> None:
+    layer = layer_ref()
+    if layer is not None and layer._capture_grad:
+        layer._store_dense_grad(grad)
+
+
+def _zero_inactive_grad(layer_ref, weight: Tensor) -> None:
+    layer = layer_ref()
+    if layer is not None and weight.grad is not None and "mask" in layer._buffers:
+        mask_zero_(weight.grad, layer._buffers["mask"])
 
 
 class SparseMixin:
@@ -175,10 +190,26 @@ class SparseMixin:
         g, self._dense_grad = self._dense_grad, None
         return g
 
-    def _effective_weight(self) -> Tensor:
-        w = self.weight * self.mask
-        if self._capture_grad and w.requires_grad:
-            w.register_hook(self._store_dense_grad)
+    def _masked_weight(self) -> Tensor:
+        """The dense-format weight as the kernels use it, with no per-step product: inactive
+        entries are exactly zero and stay zero because the backward zeroes their gradient in
+        place (a post-accumulate hook), so SGD (momentum, Nesterov, weight decay), Adam and
+        AdamW leave them at zero. While a method asks for the full gradient, a second hook
+        captures it. The hooks belong to the weight object (``weight._dst_hooks``), so a deep
+        copy or a replaced parameter gets its own."""
+        w = self.weight
+        if not w.requires_grad:
+            return w
+        hooks = getattr(w, "_dst_hooks", None)
+        if hooks is None or hooks[0]() is not w:  # (an attribute copied from another weight)
+            me = weakref.ref(self)
+            hooks = w._dst_hooks = [weakref.ref(w), w.register_post_accumulate_grad_hook(
+                functools.partial(_zero_inactive_grad, me)), None]
+        if self._capture_grad and hooks[2] is None:
+            hooks[2] = w.register_hook(functools.partial(_capture_hook, weakref.ref(self)))
+        elif not self._capture_grad and hooks[2] is not None:
+            hooks[2].remove()
+            hooks[2] = None
         return w
 
     def _capture(self):
@@ -278,7 +309,7 @@ class SparseConv2d(SparseMixin, nn.Conv2d):
 
     def _dense_forward(self, x: Tensor) -> Tensor:
         if self.format == "dense":
-            return self._conv_forward(x, self._effective_weight(), self.bias)
+            return self._conv_forward(x, self._masked_weight(), self.bias)
         padding = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -318,7 +349,7 @@ class SparseLinear(SparseMixin, nn.Linear):
 
     def _dense_forward(self, x: Tensor) -> Tensor:
         if self.format == "dense":
-            return F.linear(x, self._effective_weight(), self.bias)
+            return F.linear(x, self._masked_weight(), self.bias)
         return compact_linear(x, self.active_values(), self.bias, self.indices,
                               self.weight_shape, self._capture())
 

@@ -71,7 +71,12 @@ def layer_backends(model: nn.Module) -> dict[str, dict]:
     """Per sparse layer: its ``backend`` setting and, for ``csr``/``auto`` layers, how many
     forwards ran on each kernel, with and without autograd (``auto`` may pick differently for
     training and evaluation, and again after the engine moved the layer's density), e.g.
-    ``{"backend": "auto", "train": {"csr": 1490, "dense": 10}, "no_grad": {"dense": 90}}``.
+    ``{"backend": "auto", "train": {"csr": 1490, "dense": 10}, "no_grad": {"dense": 90}}``,
+    and for ``auto`` layers each decision (input shape, density, dense and csr ms, pick).
     Counts start at 0 in each process."""
-    return {n: {"backend": m.backend, **m.__dict__.get("backend_calls", {})}
-            for n, m in sparse_layers(model)}
+    out = {}
+    for n, m in sparse_layers(model):
+        out[n] = {"backend": m.backend, **m.__dict__.get("backend_calls", {})}
+        if m.__dict__.get("autotune_log"):  # auto: every decision with its timings
+            out[n]["autotune"] = list(m.__dict__["autotune_log"])
+    return out

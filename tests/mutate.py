@@ -182,6 +182,14 @@ MUTATIONS = [
     M("skipped_step_not_noticed", "dst/engine.py",
       "return self._hook is None or self._optimizer_steps != self._steps_seen", "return True",
       ("tests/test_exactness.py",), "an fp16 overflow (skipped optimizer step) still updates"),
+    M("dense_grad_not_masked", "dst/layers.py",
+      "        mask_zero_(weight.grad, layer._buffers[\"mask\"])", "        pass",
+      ("tests/test_invariants.py",), "the dense format's inactive gradients are not zeroed: "
+      "momentum and decay move inactive weights"),
+    M("hooks_not_reattached", "dst/layers.py",
+      "if hooks is None or hooks[0]() is not w:", "if hooks is None and not getattr(self, "
+      "'_seen', False):\n            self._seen = True",
+      ("tests/test_invariants.py",), "a deep-copied model's weights never get their hooks"),
 ]
 
 

@@ -57,23 +57,23 @@ def test_csr_rejects_ineligible_layers_and_sparsify_falls_back():
 
 def test_auto_times_once_per_shape_and_caches(monkeypatch):
     calls = []
-    real = backends._time_fwd_bwd
+    real = backends._time_candidates
 
-    def spy(fn, x, params):
-        calls.append(tuple(x.shape))
-        return real(fn, x, params)
+    def spy(fns, x, params):
+        calls.append((tuple(fns), tuple(x.shape)))
+        return real(fns, x, params)
 
-    monkeypatch.setattr(backends, "_time_fwd_bwd", spy)
+    monkeypatch.setattr(backends, "_time_candidates", spy)
     layer = dst.SparseLinear(64, 64, density=0.05, backend="auto")
     twin = dst.SparseLinear(64, 64, density=0.05, backend="auto")
     x = torch.randn(8, 64)
     for _ in range(3):
         layer(x)
-    assert len(calls) == 2  # dense and csr, once
+    assert calls == [(("dense", "csr"), (8, 64))]  # both candidates, timed together, once
     twin(x)  # an identical layer reuses the decision
-    assert len(calls) == 2
+    assert len(calls) == 1
     layer(torch.randn(4, 64))  # a new input shape is timed again
-    assert len(calls) == 4
+    assert len(calls) == 2
     pick, t_dense, t_csr = next(iter(backends._DECISIONS.values()))
     assert layer.backend_used == pick
     assert (pick == "csr") == (t_csr <= (1 - backends.MIN_GAIN) * t_dense)
@@ -83,6 +83,51 @@ def test_auto_never_accumulates_gradients_while_timing():
     layer = dst.SparseLinear(16, 16, density=0.3, backend="auto")
     layer(torch.randn(2, 16))
     assert layer.weight.grad is None and layer.bias.grad is None
+    layer.weight.grad = torch.ones(16, 16)  # a gradient being accumulated is kept as it was
+    backends.clear_decisions()
+    layer.__dict__.pop("_tuned")
+    layer(torch.randn(3, 16))
+    assert torch.equal(layer.weight.grad, torch.ones(16, 16)) and layer.bias.grad is None
+
+
+def test_timing_interleaves_candidates_and_realizes_the_backward():
+    """Each trial runs .backward() into the parameters' .grad (the dense format's in-place
+    masking hook included), candidates alternate, and the best trial counts."""
+    w = torch.nn.Parameter(torch.randn(4, 4))
+    order, grads_seen = [], []
+
+    def make(name):
+        def fn(x):
+            order.append(name)
+            grads_seen.append(w.grad)  # None: every trial starts from a cleared gradient
+            return x @ w
+        return fn
+
+    w.register_post_accumulate_grad_hook(lambda p: order.append("accumulated"))
+    best = backends._time_candidates({"a": make("a"), "b": make("b")}, torch.randn(2, 4), [w])
+    n = backends.WARMUP + backends.REPEATS
+    assert order == ["a", "accumulated", "b", "accumulated"] * n
+    assert all(g is None for g in grads_seen) and w.grad is None
+    assert set(best) == {"a", "b"} and all(0 < t < 1 for t in best.values())
+
+
+def test_auto_keeps_dense_on_a_tie_or_a_small_gain(monkeypatch):
+    for csr_time in (1.0, 0.9):  # equal, or only 10 % faster (< MIN_GAIN)
+        backends.clear_decisions()
+        monkeypatch.setattr(backends, "_time_candidates",
+                            lambda fns, x, p, t=csr_time: {"dense": 1.0, "csr": t})
+        layer = dst.SparseLinear(32, 32, density=0.25, backend="auto")
+        layer(torch.randn(4, 32))
+        assert layer.backend_used == "dense"
+    backends.clear_decisions()
+    monkeypatch.setattr(backends, "_time_candidates", lambda fns, x, p: {"dense": 1.0,
+                                                                         "csr": 0.8})
+    layer = dst.SparseLinear(32, 32, density=0.25, backend="auto")
+    layer(torch.randn(4, 32))
+    assert layer.backend_used == "csr"
+    log = layer.autotune_log
+    assert log == [{"input": [4, 32], "grad": True, "density": 0.25, "dense_ms": 1000.0,
+                    "csr_ms": 800.0, "pick": "csr"}]
 
 
 def test_auto_retunes_after_a_large_density_change(monkeypatch):
@@ -90,16 +135,17 @@ def test_auto_retunes_after_a_large_density_change(monkeypatch):
     x = torch.randn(8, 64)
     layer(x)
     seen = []
-    monkeypatch.setattr(backends, "_time_fwd_bwd", lambda fn, x, p: seen.append(1) or 1.0)
+    monkeypatch.setattr(backends, "_time_candidates",
+                        lambda fns, x, p: seen.append(1) or {k: 1.0 for k in fns})
     mask = torch.zeros(64, 64, dtype=torch.bool)
     mask[:, :20] = True  # density 0.5 -> 0.31: more than 25 % away
     layer.set_mask_(mask)
     layer(x)
-    assert len(seen) == 2
+    assert len(seen) == 1
     mask[:, 20] = True  # 0.31 -> 0.33: no re-timing
     layer.set_mask_(mask)
     layer(x)
-    assert len(seen) == 2
+    assert len(seen) == 1
 
 
 @pytest.mark.parametrize("fmt", ["dense", "compact"])
@@ -158,16 +204,19 @@ def test_run_summary_counts_the_kernels_each_layer_ran(monkeypatch):
 
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     dst.sparsify_(model, 0.5, backend="auto")
-    def fake_time(fn, x, params):  # csr wins with autograd, dense without
-        is_dense = getattr(fn, "__name__", "") == "_dense_forward"
-        return 1.0 if torch.is_grad_enabled() == is_dense else 0.5
+    def fake_time(fns, x, params):  # csr wins with autograd, dense without
+        grad = torch.is_grad_enabled()
+        return {"dense": 1.0 if grad else 0.5, "csr": 0.5 if grad else 1.0}
 
-    monkeypatch.setattr(backends, "_time_fwd_bwd", fake_time)
+    monkeypatch.setattr(backends, "_time_candidates", fake_time)
     x = torch.randn(4, 8)
     for _ in range(3):
         model(x).sum().backward()
     with torch.no_grad():
         model(x)
     got = layer_backends(model)
+    tuned = got["0"].pop("autotune")
     assert got["0"] == {"backend": "auto", "train": {"csr": 3}, "no_grad": {"dense": 1}}
+    assert [(d["grad"], d["pick"], d["dense_ms"], d["csr_ms"]) for d in tuned] == [
+        (True, "csr", 1000.0, 500.0), (False, "dense", 500.0, 1000.0)]
     assert "sparse/dense (auto: csr)" in model_summary(model, (8,))[0]

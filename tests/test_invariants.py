@@ -4,12 +4,13 @@ import copy
 
 import pytest
 import torch
-from helpers import TinyNet, train_steps
+from helpers import TinyNet, batch, train_steps
 
 import dst
 from dst.methods import METHODS
 
 OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4),
     "sgd_nesterov": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True,
                                               weight_decay=5e-4),
     "adam": lambda p: torch.optim.Adam(p, lr=1e-3),
@@ -158,3 +159,30 @@ def test_grown_weights_have_zero_state_under_every_optimizer(opt_name, fmt):
 
     train_steps(model, opt, engine, 0, 40, on_step=check)
     assert checked > 0
+
+
+@pytest.mark.parametrize("copied", [False, True])
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+def test_dense_format_inactive_weights_stay_exactly_zero_every_step(opt_name, copied):
+    """No weight * mask product per forward: the backward zeroes inactive gradients in place,
+    so momentum, Nesterov, weight decay, Adam and AdamW all leave inactive weights at 0 (also
+    in a deep copy of the model, whose new parameters need their own hooks)."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    dst.sparsify_(model, 0.3)
+    if copied:
+        model(torch.randn(2, 3, 8, 8)).sum().backward()  # hooks on the original's weights
+        model = copy.deepcopy(model)
+        model.zero_grad(set_to_none=True)
+    opt = OPTIMIZERS[opt_name](model.parameters())
+    layers = dst.sparse_layers(model)
+    for t in range(25):
+        x, y = batch(t)
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        for name, m in layers:
+            assert not bool(m.weight.grad[~m.mask].any()), (name, t)  # zeroed in place
+            assert bool(m.weight.grad[m.mask].any()), name  # active ones untouched
+        opt.step()
+        for name, m in layers:
+            assert not bool(m.weight.detach()[~m.mask].any()), (name, t)

@@ -163,3 +163,15 @@ void dst_sddmm(int64_t nbatch, int64_t rows, int64_t m, const int32_t *crow, con
         }
     }
 }
+
+/* g[i] = 0 wherever mask[i] == 0: a dense-format layer's weight gradient kept at its active
+ * weights, in place (g and mask share one layout). Chunks of 64 KiB of floats per task. */
+void dst_mask_zero(int64_t n, float *g, const uint8_t *mask, int nthreads) {
+    const int64_t chunk = 16384;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (n > 4 * chunk)
+    for (int64_t c = 0; c < n; c += chunk) {
+        const int64_t hi = c + chunk < n ? c + chunk : n;
+        for (int64_t i = c; i < hi; ++i)
+            g[i] = mask[i] ? g[i] : 0.0f;
+    }
+}

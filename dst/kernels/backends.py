@@ -1,11 +1,12 @@
 """Per-layer compute backends: ``dense`` (masked dense kernels), ``csr`` (sparse kernels) and
 ``auto`` (time both on the real input the first time a shape is seen, and again after a mask
-update moved the layer's density by more than ``RETUNE_RATIO``; switch to CSR only for a
->= ``MIN_GAIN`` speed-up; decisions cached across identical layers)."""
+update moved the layer's density by more than ``RETUNE_RATIO``: forward + backward accumulating
+into ``.grad`` as training does, the two interleaved, best of ``REPEATS`` after ``WARMUP``;
+switch to CSR only for a >= ``MIN_GAIN`` speed-up, so a tie or noise keeps dense; decisions
+cached across identical layers and logged per layer in ``autotune_log``)."""
 
 from __future__ import annotations
 
-import statistics
 import time
 import warnings
 
@@ -100,25 +101,42 @@ def csr_forward(layer, x: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- autotune
-def _time_fwd_bwd(fn, x: Tensor, params: list[Tensor]) -> float:
-    """Median time of ``fn`` forward + backward (forward only when autograd is off)."""
+def _time_candidates(fns: dict, x: Tensor, params: list[Tensor]) -> dict[str, float]:
+    """Best-of-``REPEATS`` time of each candidate's forward + backward, the candidates
+    interleaved (A, B, A, B, ...) after ``WARMUP`` rounds, with the backward realized as in
+    training: ``.backward()`` accumulating into the parameters' ``.grad`` (hooks included).
+    The parameters' gradients are saved before and restored after; forward only without
+    autograd."""
     backward = torch.is_grad_enabled()
     xt = x.detach().requires_grad_(backward and x.is_floating_point())
-    inputs = [xt] + [p for p in params if p.requires_grad]
     sync = x.device.type == "cuda"
-    times = []
-    for i in range(WARMUP + REPEATS):
-        if sync:
-            torch.cuda.synchronize(x.device)
-        t0 = time.perf_counter()
-        out = fn(xt)
-        if backward:
-            torch.autograd.grad(out.float().sum(), inputs)  # returned, never accumulated
-        if sync:
-            torch.cuda.synchronize(x.device)
-        if i >= WARMUP:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    saved = [p.grad for p in params]
+    best = {k: float("inf") for k in fns}
+    try:
+        for i in range(WARMUP + REPEATS):
+            for name, fn in fns.items():
+                for p in params:
+                    p.grad = None
+                xt.grad = None
+                if sync:
+                    torch.cuda.synchronize(x.device)
+                t0 = time.perf_counter()
+                out = fn(xt)
+                if backward:
+                    out.float().sum().backward()
+                if sync:
+                    torch.cuda.synchronize(x.device)
+                if i >= WARMUP:
+                    best[name] = min(best[name], time.perf_counter() - t0)
+    finally:
+        for p, g in zip(params, saved, strict=True):
+            p.grad = g
+    return best
+
+
+def _time_fwd_bwd(fn, x: Tensor, params: list[Tensor]) -> float:
+    """Best time of ``fn`` forward + backward (see :func:`_time_candidates`)."""
+    return _time_candidates({"fn": fn}, x, params)["fn"]
 
 
 def _input_key(layer, x: Tensor) -> tuple:
@@ -155,10 +173,16 @@ def choose(layer, x: Tensor) -> str:
         params = [layer.weight if layer.format == "dense" else layer._bank.values]
         if layer.bias is not None:
             params.append(layer.bias)
-        t_dense = _time_fwd_bwd(layer._dense_forward, x, params)
-        t_csr = _time_fwd_bwd(lambda z: csr_forward(layer, z), x, params)
-        pick = "csr" if t_csr <= (1 - MIN_GAIN) * t_dense else "dense"
+        t = _time_candidates({"dense": layer._dense_forward,
+                              "csr": lambda z: csr_forward(layer, z)}, x, params)
+        t_dense, t_csr = t["dense"], t["csr"]
+        pick = "csr" if t_csr <= (1 - MIN_GAIN) * t_dense else "dense"  # ties keep dense
         _DECISIONS[gkey] = (pick, t_dense, t_csr)
     pick, t_dense, t_csr = _DECISIONS[gkey]
+    if tuned.get(key, (None, None))[:2] != (density, pick):
+        layer.__dict__.setdefault("autotune_log", []).append(
+            {"input": list(x.shape), "grad": torch.is_grad_enabled(),
+             "density": round(density, 4), "dense_ms": round(t_dense * 1e3, 3),
+             "csr_ms": round(t_csr * 1e3, 3), "pick": pick})
     tuned[key] = (density, pick, t_dense, t_csr)
     return pick

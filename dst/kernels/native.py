@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NativeBuildError", "available", "build", "cache_dir", "sddmm", "spmm", "usable"]
+__all__ = ["NativeBuildError", "available", "build", "cache_dir", "mask_zero_", "sddmm", "spmm",
+           "usable"]
 
 SOURCE = Path(__file__).with_name("_native.c")
 FLAG_SETS = (
@@ -121,7 +122,8 @@ def _library() -> ctypes.CDLL | None:
                              _PTR, _I64, _I64, _INT]
     lib.dst_sddmm.argtypes = [_I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _PTR,
                               _I64, _I64, _PTR, _INT]
-    lib.dst_spmm.restype = lib.dst_sddmm.restype = None
+    lib.dst_mask_zero.argtypes = [_I64, _PTR, _PTR, _INT]
+    lib.dst_spmm.restype = lib.dst_sddmm.restype = lib.dst_mask_zero.restype = None
     return lib
 
 
@@ -198,3 +200,20 @@ def sddmm(crow: torch.Tensor, col: torch.Tensor, a: torch.Tensor, b: torch.Tenso
         _ptr(a), lda, sa, _ptr(b), ldb, sb, _ptr(out), torch.get_num_threads(),
     )
     return out
+
+
+def _dense_layout(t: torch.Tensor) -> bool:
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(
+        memory_format=torch.channels_last))
+
+
+def mask_zero_(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``g[~mask] = 0`` in place (``mask`` bool, ``g``'s shape): natively for float32 CPU
+    tensors of one dense layout (one pass, no temporary), with ``g.mul_(mask)`` otherwise."""
+    if (g.device.type == "cpu" and g.dtype == torch.float32 and mask.dtype == torch.bool
+            and mask.device.type == "cpu" and g.shape == mask.shape
+            and g.stride() == mask.stride() and _dense_layout(g) and available()):
+        _library().dst_mask_zero(g.numel(), g.data_ptr(), mask.data_ptr(),
+                                 torch.get_num_threads())
+        return g
+    return g.mul_(mask)
