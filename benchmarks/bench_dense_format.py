@@ -3,7 +3,8 @@
 1. SparseLinear 2048x2048, batch 128, ``format="dense"``, ``backend="dense"``, forward +
    ``loss.backward()`` accumulating into ``.grad`` (what training does) against ``nn.Linear``
    at 90 % and 95 % sparsity; beside it the old way (a ``weight * mask`` product per forward).
-2. One training step (forward, backward, SGD with Nesterov momentum and weight decay) of a
+2. The same layer with ``backend="auto"`` against ``backend="dense"``, both formats.
+3. One training step (forward, backward, SGD with Nesterov momentum and weight decay) of a
    sparse model in the dense format at density 0.1 against the same model with plain layers:
    WRN-28-2 (batch 64, channels_last) and a transformer-style MLP block (512 -> 2048 -> 512,
    GELU, 4096 tokens).
@@ -75,6 +76,38 @@ def bench_linear(repeats: int) -> list[dict]:
     return rows
 
 
+def bench_auto(repeats: int) -> list[dict]:
+    """SparseLinear 2048x2048, batch 128: backend=auto against backend=dense, both formats
+    (auto decides on its first forward; the timed steps run what it picked)."""
+    torch.manual_seed(0)
+    x = torch.randn(128, 2048)
+    rows = []
+    for s in (0.9, 0.95):
+        for fmt in ("dense", "compact"):
+            fns = {}
+            for backend in ("dense", "auto"):
+                m = dst.SparseLinear(2048, 2048, density=1 - s, format=fmt, backend=backend)
+                params = list(m.parameters())
+
+                def run(m=m, params=params):
+                    for p in params:
+                        p.grad = None
+                    m(x).sum().backward()
+                fns[backend] = run
+                fns[backend]()  # auto decides here
+                if backend == "auto":
+                    picked = m.backend_used
+            best = _best(fns, repeats, 5)
+            rows.append({"benchmark": f"SparseLinear 2048x2048, batch 128, s={s}, {fmt} "
+                                      f"format: auto (picked {picked}) / dense backend",
+                         "ms": round(best["auto"] * 1e3, 2),
+                         "vs nn.Linear": round(best["auto"] / best["dense"], 3),
+                         "goal": "<= 1.03", "detail": f"dense backend "
+                                                      f"{best['dense'] * 1e3:.2f} ms"})
+            print(rows[-1], flush=True)
+    return rows
+
+
 class MLPBlock(nn.Module):
     def __init__(self, d: int = 512, hidden: int = 2048):
         super().__init__()
@@ -126,7 +159,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    rows = bench_linear(args.repeats) + bench_steps(args.repeats)
+    rows = bench_linear(args.repeats) + bench_auto(args.repeats) + bench_steps(args.repeats)
     md = table(rows, ["benchmark", "ms", "vs nn.Linear", "goal", "detail"]).replace(
         "vs nn.Linear", "ratio")
     print(md)
@@ -135,8 +168,9 @@ def main() -> None:
             r["machine"], r["command"] = machine(), command()
         write_csv(HERE / "dense_format.csv", rows)
         write_section("dense-format", "## Dense format vs plain layers (CPU)\n\nCommand: "
-                      f"`{command()}`  \nMachine: {machine()}\n\nratio: for SparseLinear, "
-                      "nn.Linear's time / this one's (higher is faster); for training steps, "
+                      f"`{command()}`  \nMachine: {machine()}\n\nratio: for the SparseLinear "
+                      "rows against nn.Linear, nn.Linear's time / this one's (higher is "
+                      "faster); for auto, auto / dense backend, and for training steps, "
                       f"sparse / plain (lower is faster).\n\n{md}\n")
 
 

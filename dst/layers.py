@@ -115,7 +115,19 @@ class SparseMixin:
 
     @property
     def n_active(self) -> int:
-        return int(self.indices.numel()) if self.format == "compact" else int(self.mask.sum())
+        """Active weights (dense format: counted once per mask change; ``auto`` layers read it
+        on every forward, and summing a large bool mask costs milliseconds)."""
+        if self.format == "compact":
+            return int(self.indices.numel())
+        key = self._mask_key()
+        cache = self.__dict__.get("_active_cache")
+        if cache is not None and cache[0] == key:
+            return int(cache[1].numel())
+        count = self.__dict__.get("_count_cache")
+        if count is None or count[0] != key:
+            count = (key, int(torch.count_nonzero(self._buffers["mask"])))
+            self.__dict__["_count_cache"] = count
+        return count[1]
 
     @property
     def numel_dense(self) -> int:
