@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -14,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from dst.report import replace_section
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -69,15 +70,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def write_section(name: str, markdown: str) -> None:
     """Replace (or append) the section between BEGIN/END markers named ``name``."""
-    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
-    block = f"{begin}\n{markdown.rstrip()}\n{end}"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else \
-        text.rstrip() + "\n\n" + block + "\n"
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(text if text.endswith("\n") else text + "\n")
-    os.replace(tmp, RESULTS)
+    replace_section(RESULTS, name, markdown)
 
 
 def table(rows: list[dict], cols: list[str]) -> str:

@@ -388,10 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     left = execute(jobs, args)
     write_plan(args, jobs, recorded(args)[0])
     if not args.no_report:
-        from dst.comparison import write
+        from dst.report import main as report
 
-        files = write(args.results, BENCH)["files"]
-        print("wrote " + ", ".join(str(f) for f in files))
+        rel = [os.path.relpath(p, REPO) for p in (args.results, BENCH, BENCH / "RESULTS.md")]
+        report([rel[0], "--out", rel[1], "--results-md", rel[2]])
     if left:
         print("not finished: " + ", ".join(left), file=sys.stderr)
         return 1

@@ -178,7 +178,7 @@ def write(folder: Path, out_dir: Path, title: str | None = None) -> dict:
     w.writerows([head, *rows])
     atomic_write(files[1], lambda p: p.write_text(buf.getvalue()))
     files += plots(cell_map, out, title)
-    return {"cells": cell_map, "stale": stale, "files": files}
+    return {"cells": cell_map, "stale": stale, "files": files, "markdown": "\n".join(md)}
 
 
 def plots(cell_map: dict, out: Path, title: str) -> list[Path]:

@@ -268,6 +268,21 @@ def plot_acc_vs_params(groups: list[Group], png: Path, title: str) -> None:
     plt.close(fig)
 
 
+def replace_section(path: Path, name: str, markdown: str) -> None:
+    """Replace (or append) the part of the markdown file ``path`` between the markers
+    ``<!-- BEGIN name -->`` and ``<!-- END name -->`` (written atomically)."""
+    import re
+
+    path = Path(path)
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    block = f"{begin}\n{markdown.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else \
+        text.rstrip() + "\n\n" + block + "\n"
+    atomic_write(path, lambda p: p.write_text(text if text.endswith("\n") else text + "\n"))
+
+
 # ----------------------------------------------------------------------------- entry points
 def build_report(sweep_dir, out_dir=None) -> dict:
     """Write report.md, report.csv and the plots for ``sweep_dir`` into ``out_dir`` (default:
@@ -313,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", help="folder searched recursively for run directories, "
                         "or a sweep's records folder (benchmarks/results/<sweep>)")
     parser.add_argument("--out", default=None, help="where to write (default: sweep_dir)")
+    parser.add_argument("--results-md", default=None, metavar="PATH",
+                        help="records folder only: also write the table into the 'comparison' "
+                        "section of this markdown file (e.g. benchmarks/RESULTS.md)")
     args = parser.parse_args(argv)
     folder = Path(args.sweep_dir)
     try:
@@ -321,6 +339,12 @@ def main(argv: list[str] | None = None) -> int:
             from .comparison import write
 
             result = write(folder, Path(args.out) if args.out else folder)
+            if args.results_md:
+                cmd = " ".join(["dst-report", *(argv if argv is not None else sys.argv[1:])])
+                replace_section(Path(args.results_md), "comparison",
+                                "## Comparison on the CIFAR-10 subset (generated)\n\n"
+                                f"Command: `{cmd}`\n\n"
+                                + result["markdown"].split("\n", 1)[1].lstrip())
             print(f"{sum(len(c['records']) for c in result['cells'].values())} records in "
                   f"{len(result['cells'])} cells; wrote "
                   f"{', '.join(str(f) for f in result['files'])}")

@@ -38,7 +38,14 @@ def test_table_marks_missing_cells_and_keeps_other_presets_apart(tmp_path):
              {"name": "set_d0.1_s0", "method": "set", "density": 0.1, "seed": 0, "hash": "h1",
               "status": "to run"}]
     (res / "plan.json").write_text(json.dumps({"runs": plan}))
-    assert report_main([str(res), "--out", str(tmp_path / "out")]) == 0
+    md_file = tmp_path / "RESULTS.md"
+    md_file.write_text("# Results\n\n<!-- BEGIN comparison -->\nold\n<!-- END comparison -->\n"
+                       "\n## Other section\n")
+    assert report_main([str(res), "--out", str(tmp_path / "out"), "--results-md",
+                        str(md_file)]) == 0
+    section = md_file.read_text()
+    assert "\nold\n" not in section and section.endswith("## Other section\n")
+    assert f"Command: `dst-report {res} --out" in section and "| dsr | 0.1 | 2/2 |" in section
     md = (tmp_path / "out" / "comparison.md").read_text()
     rows = {}  # the first table's rows (the paper table below repeats some names)
     for ln in md.splitlines():

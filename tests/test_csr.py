@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 from dst.kernels import (
-    CSRCache,
     CSRLinearFunction,
     CSRStructure,
     csr_conv1x1,
@@ -92,18 +91,6 @@ def test_structure_from_conv_mask_flattens_trailing_dims():
     mask[0, 0] = True
     s = CSRStructure.from_mask(mask)
     assert s.shape == (4, 3) and s.nnz == int(mask.sum())
-
-
-def test_cache_rebuilds_only_on_version_change():
-    mask = _mask(5, 8)
-    cache = CSRCache()
-    s0 = cache.get(mask, 0)
-    assert cache.get(mask, 0) is s0 and cache.builds == 1
-    mask[3, 3] = not bool(mask[3, 3])
-    assert cache.get(mask, 0) is s0  # same version: the caller said nothing changed
-    s1 = cache.get(mask, 1)
-    assert s1 is not s0 and cache.builds == 2 and s1.nnz == int(mask.sum())
-    assert cache.get(mask, 1) is s1 and cache.builds == 2
 
 
 # ----------------------------------------------------------------------------- gradcheck
@@ -295,15 +282,11 @@ def test_cuda_linear_matches_dense(bias):
 
 @cuda
 @needs_cuda
-def test_cuda_structure_to_and_cache_moves():
+def test_cuda_structure_to_moves():
     mask = _mask(6, 7)
     s = CSRStructure.from_mask(mask)
     sc = s.to("cuda")
     assert sc.device.type == "cuda" and torch.equal(sc.perm.cpu(), s.perm)
-    cache = CSRCache()
-    cache.get(mask, 0)
-    moved = cache.get(mask.cuda(), 0)
-    assert moved.device.type == "cuda" and cache.builds == 1
 
 
 @cuda

@@ -25,9 +25,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import native
-from .structure import CSRCache, CSRStructure, _csr, _same_device
+from .structure import CSRStructure, _csr, _same_device
 
-__all__ = ["CSRStructure", "CSRCache", "CSRLinearFunction", "csr_linear", "csr_conv1x1"]
+__all__ = ["CSRStructure", "CSRLinearFunction", "csr_linear", "csr_conv1x1"]
 
 _PER_SAMPLE_MIN_HW = 512  # H*W from which contiguous NCHW 1x1 convs run per sample on CPU
 _SDDMM_CHUNK = 1 << 22  # max elements of the batched-SDDMM temporary in the NCHW conv path

@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-__all__ = ["CSRStructure", "CSRCache"]
+__all__ = ["CSRStructure"]
 
 # Creating CSR tensors triggers a one-off "beta state" UserWarning; it carries no information
 # for users of this module.
@@ -164,32 +164,3 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return (current() if a.index is None else a.index) == (
         current() if b.index is None else b.index
     )
-
-
-class CSRCache:
-    """Caches a :class:`CSRStructure` and rebuilds it only when ``version`` changes.
-
-    The owner bumps ``version`` whenever it changes the mask (prune/regrow).  If the mask moved
-    to another device without a version change the cached structure is moved, not rebuilt.
-    """
-
-    def __init__(self, index_dtype: torch.dtype | None = None) -> None:
-        self.index_dtype = index_dtype
-        self.structure: CSRStructure | None = None
-        self.version: int | None = None
-        self.builds = 0
-
-    def get(self, mask: torch.Tensor, version: int) -> CSRStructure:
-        s = self.structure
-        if s is None or version != self.version:
-            s = CSRStructure.from_mask(mask, self.index_dtype)
-            self.version = version
-            self.builds += 1
-        elif not _same_device(s.device, mask.device):
-            s = s.to(mask.device)
-        self.structure = s
-        return s
-
-    def clear(self) -> None:
-        self.structure = None
-        self.version = None
