@@ -184,3 +184,20 @@ def test_a_nan_weight_at_an_update_is_one_clear_error():
     opt.step()
     with pytest.raises(FloatingPointError, match="not finite at optimizer step 1"):
         engine.step()
+
+
+def test_every_mutation_of_make_mutate_still_matches_the_code():
+    """`make mutate` applies each single-rule mutation to an exact snippet; a snippet the code
+    no longer holds would silently stop checking its rule."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("dst_mutate", REPO / "tests" / "mutate.py")
+    mutate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mutate)
+    assert len(mutate.MUTATIONS) >= 10
+    for m in mutate.MUTATIONS:
+        text = (REPO / m.file).read_text()
+        assert text.count(m.old) == 1, f"{m.name}: snippet not found exactly once in {m.file}"
+        assert all((REPO / t).is_file() for t in m.tests), m.name
