@@ -190,11 +190,13 @@ def test_every_mutation_of_make_mutate_still_matches_the_code():
     """`make mutate` applies each single-rule mutation to an exact snippet; a snippet the code
     no longer holds would silently stop checking its rule."""
     import importlib.util
+    import sys
 
     from conftest import REPO
 
     spec = importlib.util.spec_from_file_location("dst_mutate", REPO / "tests" / "mutate.py")
     mutate = importlib.util.module_from_spec(spec)
+    sys.modules["dst_mutate"] = mutate  # its dataclasses look their module up
     spec.loader.exec_module(mutate)
     assert len(mutate.MUTATIONS) >= 10
     for m in mutate.MUTATIONS:
