@@ -35,8 +35,6 @@ from .trainer import (
 )
 
 log = logging.getLogger("dst")
-SPARSITY_NAMES = ("dense", "static", "dsr", "set", "rigl", "snfs", "snip", "thin_dense", "gmp",
-                  "lottery", "static_from_mask")
 FILTERS = ("paper", "paper_sparse_fc", "all")
 UNITS = ("fraction", "epoch", "step")
 COMPAT_KEYS = ("model", "sparsity", "data.name", "optim.optimizer._target_")
@@ -107,7 +105,6 @@ def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
                               or not 0 < scale < float("inf")):
         raise ConfigError(f"trainer.amp_init_scale must be a positive number or null, got "
                           f"{scale!r}")
-    check_choice(s.name, SPARSITY_NAMES, "sparsity")
     check_choice(s.filter, FILTERS, "sparsity.filter")
     if s.name != "dense":
         check_density(s.density, "sparsity.density")

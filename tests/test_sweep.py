@@ -71,6 +71,9 @@ def test_canonical_config_drops_volatile_keys_and_path_folders():
                                      "sparsity": {"init": {"source": "dsr_d0.1_s0-abc.masks.pt"}}}
     moved = {**cfg, "data": {"path": "/elsewhere/subset.npz", "batch_size": 100}}
     assert config_hash(moved) == config_hash(cfg)
+    # a new option defaulting to null (a no-op) keeps every existing preset's hash
+    assert config_hash({**cfg, "trainer": {**cfg["trainer"], "new_knob": None}}) == \
+        config_hash(cfg)
     assert config_hash({**cfg, "seed": 1}) != config_hash(cfg)
 
 

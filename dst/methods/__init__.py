@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import GrowPlan, LayerState, Method, UpdateContext
+from .base import GrowPlan, LayerState, Method, UpdateContext, fraction_count
 from .dsr import DSR
 from .gmp import GMP
 from .rigl import RigL
@@ -15,6 +15,20 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
+def register(cls: type[Method]) -> type[Method]:
+    """Add a :class:`Method` subclass to :data:`METHODS` under its ``name`` (a class decorator;
+    registered methods join the shared invariant tests). A preset YAML instantiates it by its
+    ``_target_`` path; registering is not needed for that."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"register() takes a dst.methods.Method subclass, got {cls!r}")
+    taken = METHODS.get(cls.name)
+    if taken is not None and taken is not cls:
+        raise ValueError(f"method name {cls.name!r} is taken by {taken.__module__}."
+                         f"{taken.__qualname__}; give {cls.__qualname__} another `name`")
+    METHODS[cls.name] = cls
+    return cls
+
+
 def build_method(name: str, **kwargs) -> Method:
     """A method by registry name; unknown names raise ValueError listing the valid ones."""
     if name not in METHODS:
@@ -23,4 +37,4 @@ def build_method(name: str, **kwargs) -> Method:
 
 
 __all__ = ["DSR", "GMP", "METHODS", "RigL", "SET", "SNFS", "GrowPlan", "LayerState", "Method",
-           "Static", "UpdateContext", "build_method"]
+           "Static", "UpdateContext", "build_method", "fraction_count", "register"]
