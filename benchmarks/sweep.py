@@ -385,7 +385,10 @@ def main(argv: list[str] | None = None) -> int:
               "lives at ../shared/data/cifar10_subset.npz; see its README)", file=sys.stderr)
         return 2
     write_plan(args, jobs, recorded(args)[0])
-    left = execute(jobs, args)
+    try:
+        left = execute(jobs, args)
+    except KeyboardInterrupt:
+        return 130
     write_plan(args, jobs, recorded(args)[0])
     if not args.no_report:
         from dst.report import main as report

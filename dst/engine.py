@@ -163,7 +163,7 @@ class SparseEngine:
                     g.div_(world)
         return grads
 
-    # -- the update ---------------------------------------------------------------------------
+    # -- real optimizer steps -----------------------------------------------------------------
     def _count_optimizer_step(self, *_args) -> None:
         self._optimizer_steps += 1
 
