@@ -203,3 +203,17 @@ def test_every_mutation_of_make_mutate_still_matches_the_code():
         text = (REPO / m.file).read_text()
         assert text.count(m.old) == 1, f"{m.name}: snippet not found exactly once in {m.file}"
         assert all((REPO / t).is_file() for t in m.tests), m.name
+
+
+def test_a_nan_loss_in_fp32_stops_before_the_optimizer_steps():
+    from dst.trainer import train_one_epoch
+
+    model, opt, engine = _model("dsr", update_every=1)
+    before = _snapshot(model)
+    x = torch.full((4, 3, 8, 8), float("nan"))
+    loader = [(x, torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(FloatingPointError, match="training loss is nan at batch 0"):
+        train_one_epoch(model, loader, opt, engine, device=torch.device("cpu"))
+    for (m0, w0), (m1, w1) in zip(before, _snapshot(model), strict=True):
+        assert torch.equal(m0, m1) and torch.equal(w0, w1)  # nothing was stepped or pruned
+    assert engine.step_count == 0
