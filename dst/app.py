@@ -19,7 +19,7 @@ from . import convert
 from ._checks import check_choice, check_density
 from .engine import SparseEngine
 from .environment import environment
-from .loop import Run, finish, fit, fit_lottery
+from .loop import Run, finish, fit
 from .runlog import RunLog
 from .schedules import PeriodSchedule
 from .summary import model_summary
@@ -38,14 +38,7 @@ log = logging.getLogger("dst")
 FILTERS = ("paper", "paper_sparse_fc", "all")
 UNITS = ("fraction", "epoch", "step")
 COMPAT_KEYS = ("model", "sparsity", "data.name", "optim.optimizer._target_")
-# sparsity keys a preset never reads: overriding one is an error, not a silent no-op
-UNUSED_KEYS = {
-    "dense": ("density", "distribution", "format", "filter", "backend", "init", "method",
-              "schedule"),
-    "thin_dense": ("distribution", "format", "backend", "init", "method", "schedule"),
-    "snip": ("distribution",),
-    "static": ("schedule",), "static_from_mask": ("schedule",), "lottery": ("schedule",),
-}
+SPARSIFY_KEYS = ("distribution", "format", "backend", "init", "schedule")
 
 
 class ConfigError(ValueError):
@@ -106,13 +99,14 @@ def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
         raise ConfigError(f"trainer.amp_init_scale must be a positive number or null, got "
                           f"{scale!r}")
     check_choice(s.filter, FILTERS, "sparsity.filter")
-    if s.name != "dense":
-        check_density(s.density, "sparsity.density")
-        if s.method is None and s.name != "thin_dense":
-            raise ConfigError(f"sparsity={s.name} needs a sparsity.method")
+    check_density(s.density, "sparsity.density")
+    if s.method is None and s.get("match") is None and float(s.density) < 1.0:
+        raise ConfigError(f"sparsity={s.name} has no sparsity.method, so every weight trains "
+                          f"and sparsity.density={s.density} would be ignored: set a method "
+                          "(e.g. sparsity=static|dsr|set|rigl|snfs) or density 1.0")
     if s.schedule is not None:
         check_choice(s.schedule.unit, UNITS, "sparsity.schedule.unit")
-    unused = UNUSED_KEYS.get(s.name, ())
+    unused = _unused_keys(s)
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+~")
         parts = key.split(".")
@@ -120,6 +114,27 @@ def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
             raise ConfigError(f"sparsity={s.name} does not use sparsity.{parts[1]} (override "
                               f"{o!r}); drop it or choose a preset that does, e.g. "
                               "sparsity=static|dsr|set|rigl|snfs")
+
+
+def _target_class(node):
+    """The class a ``_target_`` node names, or None (the build reports a bad one itself)."""
+    try:
+        return get_object(node._target_) if node is not None else None
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _unused_keys(s: DictConfig) -> set[str]:
+    """The sparsity keys this preset never reads, from what it is made of: no method (dense or
+    thin dense training) reads none of the sparse layers' keys, a method that never changes
+    masks reads no schedule, and a mask initialiser may name the keys it ignores."""
+    if s.method is None:
+        used_by_thin = {"density", "filter"} if s.get("match") is not None else set()
+        return (set(SPARSIFY_KEYS) | {"density", "filter", "method"}) - used_by_thin
+    unused = set()
+    if not getattr(_target_class(s.method), "changes_masks", True):
+        unused.add("schedule")
+    return unused | set(getattr(_target_class(s.init), "ignores", ()))
 
 
 def engine_schedule(sched, epochs: int, steps_per_epoch: int):
@@ -180,7 +195,7 @@ def _check_compatible(saved: DictConfig, cfg: DictConfig, path: Path) -> None:
 # ----------------------------------------------------------------------------- run
 def _build_model(cfg: DictConfig, num_classes: int, info: dict):
     s = cfg.sparsity
-    if s.name != "thin_dense":
+    if s.get("match") is None:  # thin dense: a narrower dense model of the sparse count
         return build(cfg.model, num_classes=num_classes)
     from .baselines import sparse_param_target, thin_dense_model
 
@@ -198,19 +213,20 @@ def _build_model(cfg: DictConfig, num_classes: int, info: dict):
 
 def _sparsify(cfg: DictConfig, model, info: dict) -> None:
     s = cfg.sparsity
-    if s.name in ("dense", "thin_dense"):
+    if s.method is None:  # dense or thin dense training: no sparse layer
         return
-    # pruning baselines start dense and reach the density on their own schedule; mask
-    # initialisers (SNIP, a learned mask) choose among all weights
-    start = 1.0 if s.name in ("gmp", "lottery") or s.get("init") is not None else float(
-        s.density)
-    convert.sparsify_(model, start, distribution=s.distribution,
+    # pruning baselines start at start_density (1.0) and reach the density on their own
+    # schedule; mask initialisers (SNIP, a learned mask) choose among all weights
+    start = s.get("start_density")
+    if start is None:
+        start = 1.0 if s.get("init") is not None else float(s.density)
+    convert.sparsify_(model, float(start), distribution=s.distribution,
                       filter_fn=_filter(model, s.filter), format=s.format, seed=cfg.seed,
                       backend=s.get("backend", "dense"))
-    if s.name == "gmp" and s.get("init_from"):
+    if s.get("init_from"):  # start from trained dense weights (GMP as the DSR paper ran it)
         state = load_checkpoint(_resume_path(s.init_from, Path(".")))["model"]
         missing = convert.load_dense_weights_(model, state)
-        info["gmp_init_from"] = str(s.init_from)
+        info["init_from"] = str(s.init_from)
         if missing:
             raise ConfigError(f"sparsity.init_from: no weights for {missing[:5]} in the source")
 
@@ -312,10 +328,8 @@ def run(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> dict:
         log.info("model summary\n%s", text)
         log.info("data %s: %d train batches/epoch (x%d ranks), %d eval batches; device %s",
                  r.data.name, r.steps_per_epoch, r.world, len(r.data.test), r.device)
-    if cfg.sparsity.name == "lottery":
-        done = fit_lottery(r, r.init_state)
-    else:
-        done = fit(r, t.epochs, t.epochs)
+    driver = cfg.sparsity.get("driver")  # e.g. the lottery ticket's rounds around fit()
+    done = get_object(driver)(r) if driver else fit(r, t.epochs, t.epochs)
     if not done:
         return {"finished": False, "epoch": r.epoch}
     return finish(r, totals)

@@ -114,7 +114,7 @@ def fit(r: Run, last_epoch: int, total_epochs: int, on_step=None) -> bool:
              "active_weights": counts["params_nonzero"],
              "model_density": counts["model_density"], "pool_density": counts["pool_density"],
              "time": train_time, "wall": r.wall0}
-        if r.cfg.sparsity.name == "lottery":
+        if "lottery_densities" in r.info:  # iterative lottery rounds
             m["round"] = r.round
         r.runlog.epoch(m)
         if r.main:
@@ -196,7 +196,7 @@ def fit_ticket(r: Run) -> bool:
     return fit(r, total, total, on_step=prune if r.step < rewind else None)
 
 
-def fit_lottery(r: Run, init_state: dict) -> bool:
+def fit_lottery(r: Run) -> bool:
     """Iterative magnitude pruning with rewinding: train, prune, rewind, ... , train at the
     target density. Each of the ``rounds + 1`` phases trains ``trainer.epochs`` epochs. A
     phase boundary's pruning follows the checkpoint written at that epoch, so a resume from it
@@ -214,7 +214,7 @@ def fit_lottery(r: Run, init_state: dict) -> bool:
                              or not 0 <= rewind <= per_round * r.steps_per_epoch):
         raise ValueError(f"sparsity.rewind must be 'init' or an optimizer step in "
                          f"[0, {per_round * r.steps_per_epoch}] (the first round), got {rewind!r}")
-    saved = {"state": init_state if rewind in ("init", 0) else None}
+    saved = {"state": r.init_state if rewind in ("init", 0) else None}
 
     def capture(step: int) -> None:  # the weights at the rewind step of the first round
         if saved["state"] is None and step == rewind:
@@ -267,7 +267,7 @@ def finish(r: Run, totals: dict) -> dict:
     final = model_summary(r.model, r.data.input_shape)[1]
     summary = {
         "finished": True, "epochs": r.epoch, "steps": r.step, "method": s.name,
-        "density": None if s.name == "dense" else float(s.density),
+        "density": None if s.method is None and s.get("match") is None else float(s.density),
         "distribution": s.distribution, "format": s.format, "model": r.cfg.model.name,
         "data": r.data.name, "seed": r.cfg.seed, "final_test_acc1": r.last_eval.get("acc1"),
         "final_test_acc5": r.last_eval.get("acc5"), "best_test_acc1": r.best,

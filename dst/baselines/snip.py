@@ -142,6 +142,8 @@ class SNIP:
     :func:`dst.set_masks_` and otherwise leaves weights and buffers unchanged.
     """
 
+    ignores = ("distribution",)  # one global ranking: the preset's distribution is not read
+
     def __init__(self, batches: int = 1):
         if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
             raise ValueError(f"SNIP batches must be an int >= 1, got {batches!r}")
