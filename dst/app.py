@@ -20,6 +20,7 @@ from ._checks import check_choice, check_density
 from .engine import SparseEngine
 from .environment import environment
 from .loop import Run, finish, fit
+from .records import drop_nulls
 from .runlog import RunLog
 from .schedules import PeriodSchedule
 from .summary import model_summary
@@ -180,11 +181,14 @@ def _resume_path(resume, out_dir: Path) -> Path | None:
 
 
 def _check_compatible(saved: DictConfig, cfg: DictConfig, path: Path) -> None:
+    """The checkpoint's model, sparsity, data set and optimizer are this run's; options at
+    their null default count as absent, so a checkpoint written before such an option existed
+    still resumes."""
     diffs = []
     for key in COMPAT_KEYS:
         a, b = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
-        a = OmegaConf.to_container(a) if isinstance(a, DictConfig) else a
-        b = OmegaConf.to_container(b) if isinstance(b, DictConfig) else b
+        a = drop_nulls(OmegaConf.to_container(a)) if isinstance(a, DictConfig) else a
+        b = drop_nulls(OmegaConf.to_container(b)) if isinstance(b, DictConfig) else b
         if a != b:
             diffs.append(key)
     if diffs:

@@ -43,11 +43,12 @@ def _walk(cfg: dict, dotted: str):
     return (node if isinstance(node, dict) else None), leaf
 
 
-def _drop_nulls(node):
+def drop_nulls(node):
+    """``node`` without null values at any depth: an option at its null default is absent."""
     if isinstance(node, dict):
-        return {k: _drop_nulls(v) for k, v in node.items() if v is not None}
+        return {k: drop_nulls(v) for k, v in node.items() if v is not None}
     if isinstance(node, list):
-        return [_drop_nulls(v) for v in node]
+        return [drop_nulls(v) for v in node]
     return node
 
 
@@ -55,7 +56,7 @@ def canonical_config(cfg: dict) -> dict:
     """``cfg`` (a resolved config as plain containers) without volatile keys, with dependency
     and data paths reduced to their file names, and without null values: a new option whose
     default is null (a no-op) leaves every existing preset's hash, and its records, valid."""
-    out = _drop_nulls(copy.deepcopy(cfg))
+    out = drop_nulls(copy.deepcopy(cfg))
     out.pop("hydra", None)
     for key in VOLATILE:
         node, leaf = _walk(out, key)

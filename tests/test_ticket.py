@@ -62,3 +62,20 @@ def test_thin_dense_preset_never_has_fewer_parameters_than_the_sparse_model(tmp_
     thin = summary["thin"]
     assert thin["params"] >= thin["target_params"] and summary["params_dense"] == thin["params"]
     assert dst.baselines.thin.MATCHES == ("closest", "at_least")
+
+
+def test_a_checkpoint_from_before_a_new_null_option_still_resumes(tmp_path):
+    """Checkpoints of the previous release have no start_density/driver/match keys: at their
+    null default an option counts as absent, so they resume; a real difference still fails."""
+    from dst.trainer import CheckpointError, save_checkpoint
+
+    common = [*QUICK, "sparsity=static", "trainer.epochs=2"]
+    assert run(cfg_of([*common, "trainer.stop_after=1"]), tmp_path)["epoch"] == 1
+    path = tmp_path / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    for key in ("start_density", "driver", "match"):
+        assert state["config"]["sparsity"].pop(key) is None
+    save_checkpoint(path, state)
+    assert run(cfg_of([*common, "trainer.resume=true"]), tmp_path)["finished"]
+    with pytest.raises(CheckpointError, match="different sparsity"):
+        run(cfg_of([*common, "sparsity.density=0.2", "trainer.resume=true"]), tmp_path)
