@@ -28,6 +28,13 @@ from torch import nn
 import dst
 from dst.models import build_model
 
+DEV = torch.device("cpu")  # --device
+
+
+def _sync() -> None:
+    if DEV.type == "cuda":
+        torch.cuda.synchronize(DEV)
+
 
 def _best(fns: dict, repeats: int, inner: int) -> dict[str, float]:
     for f in fns.values():  # warm-up
@@ -36,20 +43,22 @@ def _best(fns: dict, repeats: int, inner: int) -> dict[str, float]:
     best = {k: float("inf") for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
+            _sync()
             t0 = time.perf_counter()
             for _ in range(inner):
                 f()
+            _sync()
             best[k] = min(best[k], (time.perf_counter() - t0) / inner)
     return best
 
 
 def bench_linear(repeats: int) -> list[dict]:
     torch.manual_seed(0)
-    x = torch.randn(128, 2048)
+    x = torch.randn(128, 2048, device=DEV)
     rows = []
     for s in (0.9, 0.95):
-        ref = nn.Linear(2048, 2048)
-        sp = dst.SparseLinear(2048, 2048, density=1 - s)  # dense format, dense backend
+        ref = nn.Linear(2048, 2048).to(DEV)
+        sp = dst.SparseLinear(2048, 2048, density=1 - s).to(DEV)  # dense format and backend
         old_w = nn.Parameter(sp.weight.detach().clone())
         mask = sp.mask
 
@@ -80,13 +89,14 @@ def bench_auto(repeats: int) -> list[dict]:
     """SparseLinear 2048x2048, batch 128: backend=auto against backend=dense, both formats
     (auto decides on its first forward; the timed steps run what it picked)."""
     torch.manual_seed(0)
-    x = torch.randn(128, 2048)
+    x = torch.randn(128, 2048, device=DEV)
     rows = []
     for s in (0.9, 0.95):
         for fmt in ("dense", "compact"):
             fns = {}
             for backend in ("dense", "auto"):
-                m = dst.SparseLinear(2048, 2048, density=1 - s, format=fmt, backend=backend)
+                m = dst.SparseLinear(2048, 2048, density=1 - s, format=fmt,
+                                     backend=backend).to(DEV)
                 params = list(m.parameters())
 
                 def run(m=m, params=params):
@@ -131,11 +141,11 @@ def _train_step(model, x, y, loss_fn):
 def bench_steps(repeats: int) -> list[dict]:
     torch.manual_seed(0)
     rows = []
-    wrn = build_model("wrn28_2", num_classes=10).to(memory_format=torch.channels_last)
-    x = torch.randn(64, 3, 32, 32).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (64,))
-    mlp = MLPBlock()
-    tokens = torch.randn(4096, 512)
+    wrn = build_model("wrn28_2", num_classes=10).to(DEV, memory_format=torch.channels_last)
+    x = torch.randn(64, 3, 32, 32, device=DEV).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (64,), device=DEV)
+    mlp = MLPBlock().to(DEV)
+    tokens = torch.randn(4096, 512, device=DEV)
     cases = [("WRN-28-2 train step, batch 64", wrn, x, y, F.cross_entropy,
               lambda m: dst.paper_filter(m, dense_fc=True)),
              ("MLP block 512-2048-512 train step, 4096 tokens", mlp, tokens, tokens,
@@ -158,7 +168,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (its section says which)")
     args = ap.parse_args()
+    global DEV
+    DEV = torch.device(args.device)
     rows = bench_linear(args.repeats) + bench_auto(args.repeats) + bench_steps(args.repeats)
     md = table(rows, ["benchmark", "ms", "vs nn.Linear", "goal", "detail"]).replace(
         "vs nn.Linear", "ratio")
@@ -166,8 +179,11 @@ def main() -> None:
     if not args.no_write:
         for r in rows:
             r["machine"], r["command"] = machine(), command()
-        write_csv(HERE / "dense_format.csv", rows)
-        write_section("dense-format", "## Dense format vs plain layers (CPU)\n\nCommand: "
+        where = "CPU" if DEV.type == "cpu" else f"CUDA {torch.cuda.get_device_name(DEV)}"
+        suffix = "" if DEV.type == "cpu" else "-cuda"
+        write_csv(HERE / f"dense_format{suffix}.csv", rows)
+        write_section(f"dense-format{suffix}", f"## Dense format vs plain layers ({where})\n\n"
+                      "Command: "
                       f"`{command()}`  \nMachine: {machine()}\n\nratio: for the SparseLinear "
                       "rows against nn.Linear, nn.Linear's time / this one's (higher is "
                       "faster); for auto, auto / dense backend, and for training steps, "

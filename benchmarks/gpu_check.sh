@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every CUDA path on one GPU within 8 minutes: the tests marked `cuda` (cuSPARSE CSR kernels,
+# half/bfloat16, autocast, structures moved between devices) and the dense-format benchmark on
+# the device (SparseLinear vs nn.Linear, auto vs dense, WRN-28-2 and MLP training steps), whose
+# section lands in benchmarks/RESULTS.md as "dense-format-cuda". No GPU path has run yet: run
+# this on the first task that is lent a device and commit RESULTS.md and the CSV.
+#
+#   bash benchmarks/gpu_check.sh          # on a machine with a CUDA GPU
+#
+# Without hydra-core/omegaconf installed, wheels in .whl/ are installed to /tmp/site first (see
+# the device tool's README); OUT (if set) receives the logs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  else
+    echo "gpu_check: hydra-core and omegaconf are missing: pip install them or put their" \
+         "wheels (and antlr4-python3-runtime's) in .whl/" >&2
+    exit 2
+  fi
+fi
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA GPU visible')"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+LOG=${OUT:-/tmp}
+status=0
+timeout 240 "$PY" -m pytest -q -m cuda tests 2>&1 | tee "$LOG/gpu_tests.log" || status=1
+timeout 200 "$PY" benchmarks/bench_dense_format.py --device cuda --repeats 7 2>&1 \
+  | tee "$LOG/gpu_bench.log" || status=1
+exit $status
