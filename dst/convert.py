@@ -112,7 +112,7 @@ def set_masks_(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
             continue
         dense = layer.dense_weight()
         idx = layer._check_mask(mask.to(dense.device), layer.weight_shape).reshape(-1)
-        idx = idx.nonzero().squeeze(1)
+        idx = idx.nonzero().squeeze(1).to(layer.indices.dtype)
         pending[layer] = (idx, flat_get(dense, idx))
     for bank in {id(m._bank): m._bank for m in pending}.values():
         parts = [pending[m] if m in pending else (m.indices, m.active_values().detach())

@@ -19,7 +19,14 @@ from ._checks import FORMATS, check_choice, check_density
 from .distributions import budget_for
 from .kernels.backends import BACKENDS, choose, csr_eligible, csr_forward
 from .kernels.native import mask_zero_
-from .storage import SparseBank, compact_conv2d, compact_linear, flat_get, materialize
+from .storage import (
+    SparseBank,
+    compact_conv2d,
+    compact_linear,
+    flat_get,
+    index_dtype,
+    materialize,
+)
 
 
 def random_mask(shape, count: int, generator: torch.Generator | None = None,
@@ -67,7 +74,8 @@ class SparseMixin:
                 self.register_buffer("mask", mask.to(self.weight.device))
                 self.weight.mul_(self.mask)
             else:
-                idx = mask.reshape(-1).nonzero().squeeze(1).to(self.weight.device)
+                idx = mask.reshape(-1).nonzero().squeeze(1).to(
+                    self.weight.device, index_dtype(mask.numel()))
                 values = flat_get(self.weight.detach(), idx).clone()
                 del self.weight
                 self.register_buffer("indices", idx)
@@ -180,7 +188,7 @@ class SparseMixin:
                 self.mask.copy_(mask)
                 self.weight.mul_(self.mask)
                 return
-            idx = mask.reshape(-1).nonzero().squeeze(1)
+            idx = mask.reshape(-1).nonzero().squeeze(1).to(self.indices.dtype)
             if idx.numel() != self.indices.numel() and len(self._bank._members) > 1:
                 raise ValueError("set_mask_ would change the size of a shared compact bank; "
                                  "use dst.set_masks_(model, masks) before creating the optimizer")
@@ -231,7 +239,8 @@ class SparseMixin:
         if self.format == "compact":
             key = prefix + "indices"
             if key in state_dict and state_dict[key].shape != self.indices.shape:
-                self.indices = torch.empty_like(state_dict[key], device=self.indices.device)
+                self.indices = torch.empty_like(state_dict[key], device=self.indices.device,
+                                                dtype=self.indices.dtype)
                 self._bank.bump()
             vkey = prefix + "values"  # a private bank follows the checkpoint's count
             if self._bank.owner is self and vkey in state_dict \

@@ -2,10 +2,11 @@
 
 ``dense``   the torch weight, inactive entries held at exactly zero, plus a bool ``mask`` buffer.
 ``compact`` only the active values (in a flat :class:`SparseBank`) plus their flat
-            ``indices`` (unique, in slot order, not sorted); parameters, gradients and
-            optimizer state grow with the number of non-zeros. The forward materializes one
-            layer's dense weight inside a custom autograd function and drops it; the backward
-            rebuilds it, so no dense weight is kept alive between forward and backward.
+            ``indices`` (unique, in slot order, not sorted; int32 where they fit);
+            parameters, gradients and optimizer state grow with the number of non-zeros.
+            The forward materializes one layer's dense weight inside a custom autograd
+            function and drops it; the backward rebuilds it, so no dense weight is kept alive
+            between forward and backward.
 
 The engine edits masks only through :func:`commit`, which also zeroes the optimizer state of every
 position that changed (dense) or re-packs the bank and every optimizer state tensor of its shape
@@ -41,6 +42,12 @@ def flat_fill_(t: Tensor, idx: Tensor, value: float | bool) -> None:
                                                                       device=t.device))
 
 
+def index_dtype(numel: int) -> torch.dtype:
+    """The dtype of a compact layer's flat indices: int32 wherever they fit (half the bytes
+    of int64 per active weight), int64 for weights of 2**31 entries or more."""
+    return torch.int32 if numel < 2**31 else torch.int64
+
+
 def materialize(values: Tensor, indices: Tensor, shape: Sequence[int],
                 dtype: torch.dtype | None = None) -> Tensor:
     """Dense tensor of ``shape`` with ``values`` at flat ``indices`` and zeros elsewhere."""
@@ -49,7 +56,8 @@ def materialize(values: Tensor, indices: Tensor, shape: Sequence[int],
     for s in shape:
         numel *= s
     w = values.new_zeros(numel, dtype=dtype)
-    w.index_copy_(0, indices, values.to(dtype))
+    w.index_copy_(0, indices if indices.dtype == torch.int64 else indices.long(),
+                  values.to(dtype))
     return w.view(*shape)
 
 
@@ -235,7 +243,7 @@ def _repacked_layer(ch: Change, offset: int) -> tuple[Tensor, Tensor]:
     n, k, g = ch.active.numel(), ch.prune_pos.numel(), ch.grown.numel()
     idx = ch.active.clone()
     src = torch.arange(offset, offset + n, device=idx.device)
-    grown = ch.grown.to(idx.device)
+    grown = ch.grown.to(idx.device, idx.dtype)
     reuse = ch.prune_pos[: min(k, g)]
     idx[reuse] = grown[: reuse.numel()]
     src[reuse] = -1
@@ -246,7 +254,7 @@ def _repacked_layer(ch: Change, offset: int) -> tuple[Tensor, Tensor]:
     elif g > k:
         extra = grown[k:]
         idx = torch.cat([idx, extra])
-        src = torch.cat([src, torch.full_like(extra, -1)])
+        src = torch.cat([src, torch.full_like(extra, -1, dtype=src.dtype)])
     return idx, src
 
 

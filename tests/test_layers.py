@@ -207,3 +207,17 @@ def test_from_dense_does_not_touch_global_rng():
     state = torch.get_rng_state()
     dst.SparseLinear.from_dense(ref, 0.5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_compact_indices_are_int32_and_older_int64_checkpoints_load():
+    torch.manual_seed(0)
+    layer = dst.SparseLinear(64, 32, density=0.25, format="compact")
+    assert layer.indices.dtype == torch.int32  # 4 bytes per active weight, not 8
+    sd = layer.state_dict()
+    sd["indices"] = sd["indices"].long()  # as the previous release saved them
+    other = dst.SparseLinear(64, 32, density=0.25, format="compact")
+    other.load_state_dict(sd)
+    assert other.indices.dtype == torch.int32
+    assert torch.equal(other.indices.long(), sd["indices"])
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(other(x), layer(x))
