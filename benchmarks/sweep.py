@@ -270,12 +270,18 @@ def record_run(j: Job, args) -> Path:
 
 def write_plan(args, jobs: list[Job], done: set[str], running=()) -> None:
     """plan.json in the records folder: every run of the plan with its hash and status, so the
-    report marks the cells still to run (or running)."""
+    report marks the cells still to run (or running). Runs of the file that this invocation
+    does not plan (a narrower --densities or --methods) keep their entries."""
+    path = args.results / "plan.json"
+    ours = {j.name for j in jobs}
+    try:
+        kept = [r for r in json.loads(path.read_text())["runs"] if r["name"] not in ours]
+    except (OSError, ValueError, KeyError, TypeError):
+        kept = []
     runs = [{"name": j.name, "method": j.method, "density": j.density, "seed": j.seed,
              "hash": j.hash, "status": "recorded" if j.key in done else
              "running" if j.name in running else "to run"} for j in jobs]
-    write_json(args.results / "plan.json", {"sweep": args.name, "epochs": args.epochs,
-                                            "runs": runs})
+    write_json(path, {"sweep": args.name, "epochs": args.epochs, "runs": kept + runs})
 
 
 def recorded(args) -> tuple[set[str], list[dict]]:

@@ -145,3 +145,20 @@ def test_gpu_script_plans_the_density_01_matrix_with_the_cpu_hashes(tmp_path):
     assert len(heads) == 28 and all("trainer.device=cuda" in c for c in cmds)
     cpu = {j.key for j in _plan(tmp_path, "--densities", "0.1")}
     assert set(heads) == cpu
+
+
+def test_a_narrower_invocation_keeps_the_rest_of_the_plan(tmp_path):
+    wide = sweep.parse_args(["--results", str(tmp_path / "res"), "--densities", "0.1", "0.2",
+                             "--seeds-main", "1", "--seeds-rest", "0"])
+    jobs = sweep.plan(wide)
+    sweep.write_plan(wide, jobs, set())
+    narrow = sweep.parse_args(["--results", str(tmp_path / "res"), "--densities", "0.1",
+                               "--seeds-main", "1", "--seeds-rest", "0"])
+    few = sweep.plan(narrow)
+    sweep.write_plan(narrow, few, {few[0].key}, running={few[1].name})
+    runs = {r["name"]: r for r in
+            json.loads((tmp_path / "res" / "plan.json").read_text())["runs"]}
+    assert set(runs) == {j.name for j in jobs}  # the density-0.2 runs are still planned
+    assert runs[few[0].name]["status"] == "recorded"
+    assert runs[few[1].name]["status"] == "running"
+    assert runs["dsr_d0.2_s0"]["status"] == "to run"
