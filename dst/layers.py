@@ -215,22 +215,29 @@ class SparseMixin:
         entries are exactly zero and stay zero because the backward zeroes their gradient in
         place (a post-accumulate hook), so SGD (momentum, Nesterov, weight decay), Adam and
         AdamW leave them at zero. While a method asks for the full gradient, a second hook
-        captures it. The hooks belong to the weight object (``weight._dst_hooks``), so a deep
-        copy or a replaced parameter gets its own."""
+        captures it. The hooks are tied to the weight object: a deep copy, an unpickled model or
+        a replaced parameter gets its own."""
         w = self.weight
         if not w.requires_grad:
             return w
-        hooks = getattr(w, "_dst_hooks", None)
-        if hooks is None or hooks[0]() is not w:  # (an attribute copied from another weight)
+        hooks = self.__dict__.get("_weight_hooks")
+        if hooks is None or hooks[0]() is not w:  # a new weight object: hook it
             me = weakref.ref(self)
-            hooks = w._dst_hooks = [weakref.ref(w), w.register_post_accumulate_grad_hook(
-                functools.partial(_zero_inactive_grad, me)), None]
-        if self._capture_grad and hooks[2] is None:
-            hooks[2] = w.register_hook(functools.partial(_capture_hook, weakref.ref(self)))
-        elif not self._capture_grad and hooks[2] is not None:
-            hooks[2].remove()
-            hooks[2] = None
+            hooks = self.__dict__["_weight_hooks"] = [weakref.ref(w), None]
+            w.register_post_accumulate_grad_hook(functools.partial(_zero_inactive_grad, me))
+        if self._capture_grad and hooks[1] is None:
+            hooks[1] = w.register_hook(functools.partial(_capture_hook, weakref.ref(self)))
+        elif not self._capture_grad and hooks[1] is not None:
+            hooks[1].remove()
+            hooks[1] = None
         return w
+
+    def __getstate__(self):
+        """Pickling and deep copies leave the hook bookkeeping behind (the copy's weight is a
+        new object and gets its own hooks on its first forward)."""
+        state = dict(super().__getstate__())
+        state.pop("_weight_hooks", None)
+        return state
 
     def _capture(self):
         return self._store_dense_grad if self._capture_grad else None

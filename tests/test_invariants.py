@@ -1,6 +1,7 @@
 """The shared invariants, run for every method in the registry and both formats."""
 
 import copy
+import io
 
 import pytest
 import torch
@@ -161,18 +162,25 @@ def test_grown_weights_have_zero_state_under_every_optimizer(opt_name, fmt):
     assert checked > 0
 
 
-@pytest.mark.parametrize("copied", [False, True])
+@pytest.mark.parametrize("copied", ["no", "deepcopy", "pickle"])
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
 def test_dense_format_inactive_weights_stay_exactly_zero_every_step(opt_name, copied):
     """No weight * mask product per forward: the backward zeroes inactive gradients in place,
     so momentum, Nesterov, weight decay, Adam and AdamW all leave inactive weights at 0 (also
-    in a deep copy of the model, whose new parameters need their own hooks)."""
+    in a deep copy or an unpickled copy of the model, whose new parameters need their own
+    hooks)."""
     torch.manual_seed(0)
     model = TinyNet()
     dst.sparsify_(model, 0.3)
-    if copied:
+    if copied != "no":
         model(torch.randn(2, 3, 8, 8)).sum().backward()  # hooks on the original's weights
-        model = copy.deepcopy(model)
+        if copied == "deepcopy":
+            model = copy.deepcopy(model)
+        else:
+            buf = io.BytesIO()
+            torch.save(model, buf)  # a whole-model pickle (not just a state_dict)
+            buf.seek(0)
+            model = torch.load(buf, weights_only=False)
         model.zero_grad(set_to_none=True)
     opt = OPTIMIZERS[opt_name](model.parameters())
     layers = dst.sparse_layers(model)
