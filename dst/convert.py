@@ -13,7 +13,7 @@ from ._checks import DISTRIBUTIONS, FORMATS, check_choice, check_density
 from .distributions import layer_counts
 from .kernels.backends import BACKENDS, csr_eligible
 from .layers import SPARSE_LAYERS, SparseConv2d, SparseLinear, random_mask
-from .storage import SparseBank, flat_get
+from .storage import SparseBank, set_masks
 
 FilterFn = Callable[[str, nn.Module], bool]
 BANK_NAME = "dst_bank"
@@ -39,15 +39,8 @@ def share_bank_(model: nn.Module) -> SparseBank | None:
     """Put the values of every compact layer of ``model`` into one bank registered on the model
     as ``dst_bank`` (needed before reallocating methods). Call before building the optimizer."""
     model = _unwrap(model)
-    layers = [m for _, m in sparse_layers(model) if m.format == "compact"]
-    if not layers:
-        return None
-    with torch.no_grad():
-        values = torch.cat([m.active_values().detach() for m in layers]).clone()
-    for m in layers:
-        m._parameters.pop("values", None)
-    model.register_parameter(BANK_NAME, nn.Parameter(values))
-    return SparseBank(model, BANK_NAME, layers)
+    layers = [m for _, m in sparse_layers(model) if m.storage.bank is not None]
+    return SparseBank.share(model, BANK_NAME, layers) if layers else None
 
 
 def sparsify_(model: nn.Module, density: float, *, distribution: str = "uniform",
@@ -92,8 +85,7 @@ def sparsify_(model: nn.Module, density: float, *, distribution: str = "uniform"
         sparse.set_backend(backend if backend != "csr" or csr_eligible(sparse) else "dense")
         _set_submodule(root, name, sparse)
         made.append((name, sparse))
-    if format == "compact":
-        share_bank_(root)
+    share_bank_(root)  # compact layers: one bank for the whole model
     return made
 
 
@@ -104,22 +96,10 @@ def set_masks_(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
     unknown = sorted(set(masks) - set(layers))
     if unknown:
         raise ValueError(f"no sparse layer named {unknown}; sparse layers: {sorted(layers)}")
-    pending: dict[nn.Module, tuple[Tensor, Tensor]] = {}
-    for name, mask in masks.items():
-        layer = layers[name]
-        if layer.format == "dense":
-            layer.set_mask_(mask)
-            continue
-        dense = layer.dense_weight()
-        idx = layer._check_mask(mask.to(dense.device), layer.weight_shape).reshape(-1)
-        idx = idx.nonzero().squeeze(1).to(layer.indices.dtype)
-        pending[layer] = (idx, flat_get(dense, idx))
-    for bank in {id(m._bank): m._bank for m in pending}.values():
-        parts = [pending[m] if m in pending else (m.indices, m.active_values().detach())
-                 for m in bank._members]
-        for m, (idx, _) in zip(bank._members, parts, strict=True):
-            m.indices = idx
-        bank.replace_values(torch.cat([v for _, v in parts]).clone())
+    checked = {layers[n]: layers[n]._check_mask(m.to(layers[n].active_indices().device),
+                                                layers[n].weight_shape)
+               for n, m in masks.items()}
+    set_masks(checked)
 
 
 def load_dense_weights_(model: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
@@ -136,11 +116,7 @@ def load_dense_weights_(model: nn.Module, state: Mapping[str, Tensor]) -> list[s
             if w is None:
                 missing.append(f"{name}.weight")
                 continue
-            w = w.to(layer.active_indices().device).reshape(layer.weight_shape)
-            if layer.format == "dense":
-                layer.weight.copy_(w * layer.mask)
-            else:
-                layer.active_values().copy_(flat_get(w, layer.indices))
+            layer.storage.load_dense_(w.reshape(layer.weight_shape))
         skip = {f"{n}.{k}" for n in sparse for k in ("weight", "mask", "indices", "values")}
         for key, t in own.items():
             if key in skip or key == BANK_NAME:

@@ -99,8 +99,8 @@ class SparseEngine:
         self.step_count = 0
         self.skipped_steps = 0
         self._hook_optimizer(optimizer)
-        banks = {id(m._bank) for _, m in self.layers if m.format == "compact"}
-        if method.shrinks and banks:
+        banks = {id(m.storage.bank) for _, m in self.layers if m.storage.bank is not None}
+        if method.shrinks and any(m.storage.fixed_size for _, m in self.layers):
             raise ValueError(f"{type(method).__name__} removes weights for good and the compact "
                              "format keeps a fixed-size bank: use format='dense' (a pruning run "
                              "starts dense anyway)")
@@ -233,7 +233,7 @@ class SparseEngine:
         regrow = self.method.regrow_pruned
         blocked, capacity = [], []
         for st, pos in zip(states, prune_pos, strict=True):
-            blocked.append(self._occupied(st, pos if regrow else None))
+            blocked.append(st.layer.storage.occupied(st.active, pos if regrow else None))
             capacity.append(st.numel - st.n_active + (int(pos.numel()) if regrow else 0))
         if self.method.shrinks:
             counts, short = [0] * len(states), []
@@ -246,7 +246,7 @@ class SparseEngine:
                 short = list(range(len(states)))
         for i in short:  # too few free positions: allow regrowing just-pruned ones (still zero)
             if not regrow:
-                blocked[i] = self._occupied(states[i], prune_pos[i])
+                blocked[i] = states[i].layer.storage.occupied(states[i].active, prune_pos[i])
                 capacity[i] += int(prune_pos[i].numel())
         if counts is None:
             counts = allocate(sum(pruned), plan.weights, capacity,
@@ -278,19 +278,6 @@ class SparseEngine:
             grown_per_layer=dict(zip(names, counts, strict=True)),
             method=self.method.state())
 
-    @staticmethod
-    def _occupied(st: LayerState, unblock: Tensor | None) -> Tensor:
-        """Flat bool of positions growth may not use: the active ones before pruning, except
-        the just-pruned positions listed in ``unblock`` (those within ``st.active``)."""
-        layer = st.layer
-        if layer.format == "dense" and unblock is None:
-            return layer.mask.reshape(-1)  # read-only use; the mask is unchanged until commit
-        b = torch.zeros(st.numel, dtype=torch.bool, device=st.active.device)
-        b[st.active] = True
-        if unblock is not None and unblock.numel():
-            b[st.active.index_select(0, unblock)] = False
-        return b
-
     # -- invariants ---------------------------------------------------------------------------
     def check(self) -> None:
         """Raise AssertionError unless the budget and index invariants hold."""
@@ -304,8 +291,7 @@ class SparseEngine:
             assert idx.numel() == c
             assert torch.unique(idx).numel() == c, f"{name}: duplicated indices"
             assert int(idx.min()) >= 0 and int(idx.max()) < m.numel_dense, f"{name}: out of range"
-            if m.format == "dense":
-                assert not bool(m.weight.detach()[~m.mask].any()), f"{name}: inactive weight != 0"
+            m.storage.check(name)
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:

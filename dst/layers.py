@@ -1,32 +1,22 @@
 """Drop-in sparse layers: ``SparseConv2d`` and ``SparseLinear``.
 
 Each subclasses the torch layer it replaces, keeps its constructor and adds keyword-only
-``density`` and ``format``. The set of active weights is the layer's ``mask``; only
-:class:`dst.SparseEngine` (or an explicit ``set_mask_``) changes it.
+``density``, ``format`` and ``backend``. A layer holds one storage object (``layer.storage``,
+see :mod:`dst.storage`) that owns its values and active set; the layer delegates to it. Only
+:class:`dst.SparseEngine` (or an explicit ``set_mask_``) changes the active set.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import FORMATS, check_choice, check_density
 from .distributions import budget_for
 from .kernels.backends import BACKENDS, choose, csr_eligible, csr_forward
-from .kernels.native import mask_zero_
-from .storage import (
-    SparseBank,
-    compact_conv2d,
-    compact_linear,
-    flat_get,
-    index_dtype,
-    materialize,
-)
+from .storage import KINDS, Storage
 
 
 def random_mask(shape, count: int, generator: torch.Generator | None = None,
@@ -39,24 +29,12 @@ def random_mask(shape, count: int, generator: torch.Generator | None = None,
     return mask.view(*shape).to(device)
 
 
-def _capture_hook(layer_ref, grad: Tensor) -> None:
-    layer = layer_ref()
-    if layer is not None and layer._capture_grad:
-        layer._store_dense_grad(grad)
-
-
-def _zero_inactive_grad(layer_ref, weight: Tensor) -> None:
-    layer = layer_ref()
-    if layer is not None and weight.grad is not None and "mask" in layer._buffers:
-        mask_zero_(weight.grad, layer._buffers["mask"])
-
-
 class SparseMixin:
-    """Shared logic of the sparse layers (formats, masks, conversion)."""
+    """What both sparse layers add to their torch twin (a storage, the backends, conversion)."""
 
-    _capture_grad: bool = False
+    _capture_grad: bool = False  # set by the engine while its method wants the full gradient
+    storage: Storage
 
-    # -- set-up ---------------------------------------------------------------------------
     def _setup_sparse(self, density: float, format: str, mask: Tensor | None,
                       generator: torch.Generator | None, backend: str = "dense") -> None:
         density = check_density(density)
@@ -69,21 +47,10 @@ class SparseMixin:
         self.format = format
         self.weight_shape = shape
         self._dense_grad: Tensor | None = None
-        with torch.no_grad():
-            if format == "dense":
-                self.register_buffer("mask", mask.to(self.weight.device))
-                self.weight.mul_(self.mask)
-            else:
-                idx = mask.reshape(-1).nonzero().squeeze(1).to(
-                    self.weight.device, index_dtype(mask.numel()))
-                values = flat_get(self.weight.detach(), idx).clone()
-                del self.weight
-                self.register_buffer("indices", idx)
-                self.values = nn.Parameter(values)
-                SparseBank(self, "values", [self])
+        self.storage = KINDS[format](self, mask)
 
     def set_backend(self, backend: str) -> None:
-        """``"dense"`` (masked dense kernels), ``"csr"`` (sparse kernels: Linear, 1x1 convs, and
+        """``"dense"`` (the dense kernels), ``"csr"`` (sparse kernels: Linear, 1x1 convs, and
         stride-1 k x k convs on CPU; groups=1, no dilation, zero padding) or ``"auto"`` (timed
         per layer on the real input; CSR only where >= 15 % faster)."""
         check_choice(backend, BACKENDS, "backend")
@@ -105,16 +72,16 @@ class SparseMixin:
             raise ValueError("a sparse layer needs at least one active weight; the mask is empty")
         return mask
 
-    # -- the public view ----------------------------------------------------------------------
+    # -- the public view (the storage's) ------------------------------------------------------
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if self.__dict__.get("format") != "compact":
+            storage = self.__dict__.get("storage")
+            if storage is None:
                 raise
-            if name == "mask":  # compact layers store indices; the mask is derived on demand
-                idx = self._buffers["indices"]
-                return materialize(torch.ones_like(idx, dtype=torch.bool), idx, self.weight_shape)
+            if name == "mask":  # a compact storage derives it on demand
+                return storage.mask
             if name == "weight":
                 raise AttributeError(
                     "a compact-format sparse layer keeps no dense `weight`; use "
@@ -123,19 +90,7 @@ class SparseMixin:
 
     @property
     def n_active(self) -> int:
-        """Active weights (dense format: counted once per mask change; ``auto`` layers read it
-        on every forward, and summing a large bool mask costs milliseconds)."""
-        if self.format == "compact":
-            return int(self.indices.numel())
-        key = self._mask_key()
-        cache = self.__dict__.get("_active_cache")
-        if cache is not None and cache[0] == key:
-            return int(cache[1].numel())
-        count = self.__dict__.get("_count_cache")
-        if count is None or count[0] != key:
-            count = (key, int(torch.count_nonzero(self._buffers["mask"])))
-            self.__dict__["_count_cache"] = count
-        return count[1]
+        return self.storage.n_active
 
     @property
     def numel_dense(self) -> int:
@@ -146,59 +101,23 @@ class SparseMixin:
         return self.n_active / self.numel_dense
 
     def active_indices(self) -> Tensor:
-        """Flat (row-major) indices of the active weights, unique: in flat-index order for the
-        dense format (cached until the mask changes), in bank slot order for the compact one."""
-        if self.format == "compact":
-            return self.indices
-        key = self._mask_key()
-        cache = self.__dict__.get("_active_cache")
-        if cache is not None and cache[0] == key:
-            return cache[1]
-        idx = self._buffers["mask"].reshape(-1).view(torch.uint8).nonzero().squeeze(1)
-        self.__dict__["_active_cache"] = (key, idx)
-        return idx
-
-    def _mask_key(self) -> tuple:
-        """Changes whenever the mask does (storage or in-place version)."""
-        m = self._buffers["mask"]
-        return (m.data_ptr(), m._version, m.device)
+        """Flat (row-major) indices of the active weights, unique (dense format: in flat
+        order; compact: in bank slot order)."""
+        return self.storage.active_indices()
 
     def active_values(self, indices: Tensor | None = None) -> Tensor:
         """Values of the active weights, in the order of :meth:`active_indices` (a view for
         compact layers)."""
-        if self.format == "compact":
-            return self._bank.slice_of(self)
-        idx = self.active_indices() if indices is None else indices
-        return flat_get(self.weight.detach(), idx)
+        return self.storage.active_values(indices)
 
     def dense_weight(self) -> Tensor:
         """The full weight with zeros at inactive positions (a copy for compact layers)."""
-        if self.format == "compact":
-            return materialize(self.active_values().detach(), self.indices, self.weight_shape)
-        return self.weight.detach()
+        return self.storage.dense_weight()
 
     def set_mask_(self, mask: Tensor) -> None:
-        """Replace the active set. Kept positions keep their values, new ones start at 0.
-
-        For compact layers sharing a bank with others, the active count must not change (use
-        :func:`dst.set_masks_` on the whole model before building the optimizer instead)."""
+        """Replace the active set. Kept positions keep their values, new ones start at 0."""
         mask = self._check_mask(mask.to(self.active_indices().device), self.weight_shape)
-        with torch.no_grad():
-            if self.format == "dense":
-                self.mask.copy_(mask)
-                self.weight.mul_(self.mask)
-                return
-            idx = mask.reshape(-1).nonzero().squeeze(1).to(self.indices.dtype)
-            if idx.numel() != self.indices.numel() and len(self._bank._members) > 1:
-                raise ValueError("set_mask_ would change the size of a shared compact bank; "
-                                 "use dst.set_masks_(model, masks) before creating the optimizer")
-            values = flat_get(self.dense_weight(), idx)
-            self.indices = idx
-            if values.numel() == self._bank.values.numel():
-                self._bank.values.data.copy_(values)
-                self._bank.bump()
-            else:
-                self._bank.replace_values(values)
+        self.storage.set_mask_(mask)
 
     # -- dense-gradient capture (for methods growing by gradient or momentum) -----------------
     def _store_dense_grad(self, g: Tensor) -> None:
@@ -210,68 +129,20 @@ class SparseMixin:
         g, self._dense_grad = self._dense_grad, None
         return g
 
-    def _masked_weight(self) -> Tensor:
-        """The dense-format weight as the kernels use it, with no per-step product: inactive
-        entries are exactly zero and stay zero because the backward zeroes their gradient in
-        place (a post-accumulate hook), so SGD (momentum, Nesterov, weight decay), Adam and
-        AdamW leave them at zero. While a method asks for the full gradient, a second hook
-        captures it. The hooks are tied to the weight object: a deep copy, an unpickled model or
-        a replaced parameter gets its own."""
-        w = self.weight
-        if not w.requires_grad:
-            return w
-        hooks = self.__dict__.get("_weight_hooks")
-        if hooks is None or hooks[0]() is not w:  # a new weight object: hook it
-            me = weakref.ref(self)
-            hooks = self.__dict__["_weight_hooks"] = [weakref.ref(w), None]
-            w.register_post_accumulate_grad_hook(functools.partial(_zero_inactive_grad, me))
-        if self._capture_grad and hooks[1] is None:
-            hooks[1] = w.register_hook(functools.partial(_capture_hook, weakref.ref(self)))
-        elif not self._capture_grad and hooks[1] is not None:
-            hooks[1].remove()
-            hooks[1] = None
-        return w
-
-    def __getstate__(self):
-        """Pickling and deep copies leave the hook bookkeeping behind (the copy's weight is a
-        new object and gets its own hooks on its first forward)."""
-        state = dict(super().__getstate__())
-        state.pop("_weight_hooks", None)
-        return state
-
-    def _capture(self):
-        return self._store_dense_grad if self._capture_grad else None
-
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if self.format == "compact":
-            key = prefix + "indices"
-            if key in state_dict and state_dict[key].shape != self.indices.shape:
-                self.indices = torch.empty_like(state_dict[key], device=self.indices.device,
-                                                dtype=self.indices.dtype)
-                self._bank.bump()
-            vkey = prefix + "values"  # a private bank follows the checkpoint's count
-            if self._bank.owner is self and vkey in state_dict \
-                    and state_dict[vkey].shape != self.values.shape:
-                self._bank.replace_values(torch.empty_like(state_dict[vkey],
-                                                           device=self.values.device))
+        hook = getattr(self.storage, "load_state_dict_pre", None)
+        if hook is not None:
+            hook(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_parameters(self) -> None:
-        if getattr(self, "format", None) != "compact":
+        storage = self.__dict__.get("storage")
+        if storage is None or not hasattr(storage, "reset_parameters"):
             super().reset_parameters()
-            if "mask" in self._buffers:
-                with torch.no_grad():
-                    self.weight.mul_(self.mask)
+            if storage is not None:
+                storage.set_mask_(storage.mask)  # inactive weights back to zero
             return
-        # same law as torch's default init, drawn on a dense temporary
-        w = torch.empty(self.weight_shape, device=self.indices.device)
-        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-        with torch.no_grad():
-            self.active_values().copy_(flat_get(w, self.indices))
-            if self.bias is not None:
-                fan_in = math.prod(self.weight_shape[1:])
-                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-                nn.init.uniform_(self.bias, -bound, bound)
+        storage.reset_parameters()
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, density={self.density:.4f}, "
@@ -336,27 +207,7 @@ class SparseConv2d(SparseMixin, nn.Conv2d):
                     padding_mode=m.padding_mode)
 
     def _dense_forward(self, x: Tensor) -> Tensor:
-        if self.format == "dense":
-            return self._conv_forward(x, self._masked_weight(), self.bias)
-        padding = self.padding
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = (0, 0)
-        elif isinstance(padding, str):
-            x, padding = _explicit_padding(x, padding, self.kernel_size, self.dilation)
-        return compact_conv2d(x, self.active_values(), self.bias, self.indices,
-                              self.weight_shape, self.stride, padding, self.dilation,
-                              self.groups, self._capture())
-
-
-def _explicit_padding(x: Tensor, padding: str, kernel_size, dilation):
-    if padding == "valid":
-        return x, (0, 0)
-    pads = []  # 'same': total = d*(k-1), left = total // 2 (torch's rule)
-    for k, d in zip(reversed(kernel_size), reversed(dilation), strict=True):
-        total = d * (k - 1)
-        pads += [total // 2, total - total // 2]
-    return F.pad(x, pads), (0, 0)
+        return self.storage.conv2d(x)
 
 
 class SparseLinear(SparseMixin, nn.Linear):
@@ -376,10 +227,7 @@ class SparseLinear(SparseMixin, nn.Linear):
                     bias=m.bias is not None)
 
     def _dense_forward(self, x: Tensor) -> Tensor:
-        if self.format == "dense":
-            return F.linear(x, self._masked_weight(), self.bias)
-        return compact_linear(x, self.active_values(), self.bias, self.indices,
-                              self.weight_shape, self._capture())
+        return self.storage.linear(x)
 
 
 SPARSE_LAYERS = (SparseConv2d, SparseLinear)

@@ -12,7 +12,7 @@ def param_counts(model: nn.Module) -> dict:
     """Parameter counts of the dense-equivalent model and the non-zero ones (cheap)."""
     model = _unwrap(model)
     sparse = [m for _, m in sparse_layers(model)]
-    storage = {id(m.weight) if m.format == "dense" else id(m._bank.values) for m in sparse}
+    storage = {id(m.storage.param) for m in sparse}
     other = sum(p.numel() for p in model.parameters() if id(p) not in storage)
     pool = sum(m.numel_dense for m in sparse)
     active = sum(m.n_active for m in sparse)

@@ -156,7 +156,7 @@ MUTATIONS = [
       'if scope == "layer":', "if True:",
       (RULES_B, "tests/test_baselines.py"), "scope='global' ranks each layer on its own"),
     M("lottery_no_rewind", "dst/baselines/lottery.py",
-      "m.weight.copy_((w * m.mask).to(m.weight.dtype))", "m.weight.mul_(m.mask)",
+      "            m.storage.load_dense_(w)", "            pass",
       (RULES_B, "tests/test_baselines.py"), "survivors keep trained values, not initial ones"),
     # ------------------------------------------------------------------ thin dense
     M("thin_tie_goes_wider", "dst/baselines/thin.py",
@@ -186,13 +186,14 @@ MUTATIONS = [
     M("skipped_step_not_noticed", "dst/engine.py",
       "return self._hook is None or self._optimizer_steps != self._steps_seen", "return True",
       ("tests/test_exactness.py",), "an fp16 overflow (skipped optimizer step) still updates"),
-    M("dense_grad_not_masked", "dst/layers.py",
-      "        mask_zero_(weight.grad, layer._buffers[\"mask\"])", "        pass",
+    M("dense_grad_not_masked", "dst/storage/dense.py",
+      "        mask_zero_(weight.grad, st.mask)", "        pass",
       ("tests/test_invariants.py",), "the dense format's inactive gradients are not zeroed: "
       "momentum and decay move inactive weights"),
-    M("hooks_not_reattached", "dst/layers.py",
-      "if hooks is None or hooks[0]() is not w:", "if hooks is None and not getattr(self, "
-      "'_seen', False):\n            self._seen = True",
+    M("hooks_not_reattached", "dst/storage/dense.py",
+      "if self._hooks is None or self._hooks[0]() is not w:",
+      "if self._hooks is None and not getattr(self, '_seen', False):\n            "
+      "self._seen = True",
       ("tests/test_invariants.py",), "a deep-copied model's weights never get their hooks"),
 ]
 

@@ -40,15 +40,15 @@ def _build(method_name, fmt, opt_name, seed):
 
 def opt_state_at(opt, layer, flat_idx):
     """Every optimizer state value of a layer's weights at flat positions."""
-    if layer.format == "dense":
-        param, pos = layer.weight, flat_idx
+    param = layer.storage.param
+    if layer.storage.bank is None:
+        pos = flat_idx
     else:
-        param = layer._bank.values
         slot_of = torch.full((layer.numel_dense,), -1, dtype=torch.long)
         slot_of[layer.indices] = torch.arange(layer.indices.numel())
         local = slot_of[flat_idx]
         assert bool((local >= 0).all())
-        pos = local + layer._bank.offsets()[layer._bank_slot]
+        pos = local + layer.storage.bank.offsets()[layer.storage.slot]
     out = []
     for v in opt.state.get(param, {}).values():
         if torch.is_tensor(v) and v.shape == param.shape:

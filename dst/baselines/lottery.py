@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .._checks import DISTRIBUTIONS, check_choice, check_density
 from ..convert import BANK_NAME, set_masks_, sparse_layers
 from ..distributions import budget_for, layer_counts
-from ..storage import flat_fill_, flat_get, materialize
+from ..storage import flat_get, materialize, zero_state_
 from .snip import global_top_k
 
 SCOPES = ("layer", "global")
@@ -153,7 +153,7 @@ def prune_to_ticket_(model: nn.Module, trained_state: Mapping, density: float, *
     training from the model's *current* weights (those of the rewind step) under that mask.
     Pruned weights and their optimizer state become exactly 0. Returns the masks."""
     layers = sparse_layers(model)
-    if any(m.format != "dense" for _, m in layers):
+    if any(m.storage.fixed_size for _, m in layers):
         raise ValueError("a one-shot ticket prunes in the middle of training, which a compact "
                          "bank cannot (its optimizer state has a fixed size): use "
                          "format='dense'")
@@ -165,10 +165,7 @@ def prune_to_ticket_(model: nn.Module, trained_state: Mapping, density: float, *
     set_masks_(model, masks)
     for name, m in layers:
         dropped = (before[name] & ~m.mask).reshape(-1).nonzero().squeeze(1)
-        if optimizer is not None and m.format == "dense":
-            for v in optimizer.state.get(m.weight, {}).values():
-                if torch.is_tensor(v) and v.shape == m.weight.shape:
-                    flat_fill_(v, dropped, 0)
+        zero_state_(optimizer, m.storage.param, dropped)
     return masks
 
 
@@ -210,11 +207,7 @@ def rewind_(model: nn.Module, saved_state: Mapping, masks: Mapping[str, Tensor])
             w = w.to(idx.device)
             if held is not None:
                 uncovered += int((~flat_get(held.to(idx.device), idx)).sum())
-            if m.format == "dense":
-                m.weight.copy_((w * m.mask).to(m.weight.dtype))
-            else:
-                vals = m.active_values()
-                vals.copy_(flat_get(w.contiguous(), idx).to(vals.dtype))
+            m.storage.load_dense_(w)
     if uncovered:
         warnings.warn(f"rewind_: {uncovered} active weights were inactive in the saved state and "
                       "start at 0 (save the state before sparsifying to keep their initial "

@@ -13,7 +13,6 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ..storage import flat_get
 from . import conv
 from .csr import CSRStructure, csr_conv1x1, csr_linear
 
@@ -62,30 +61,21 @@ def clear_decisions() -> None:
 
 # ----------------------------------------------------------------------------- csr routing
 def _structure(layer) -> CSRStructure:
-    """The layer's CSR structure, rebuilt only when its mask changed.  Compact layers keep
-    their values in bank-slot order, which the structure's values order follows."""
-    if layer.format == "dense":
-        key = layer._mask_key()
-    else:
-        idx = layer.indices
-        key = (idx.data_ptr(), idx._version, idx.numel(), idx.device)
+    """The layer's CSR structure, rebuilt only when its active set changed (values in the
+    storage's order: a compact layer's bank slots)."""
+    storage = layer.storage
+    key = storage.csr_key()
     cached = layer.__dict__.get("_csr_cache")
     if cached is not None and cached[0] == key:
         return cached[1]
-    if layer.format == "dense":
-        struct = CSRStructure.from_mask(layer.mask.reshape(layer.weight_shape[0], -1))
-    else:
-        struct = CSRStructure.from_indices(layer.indices, layer.weight_shape)
+    struct = storage.csr_structure()
     layer.__dict__["_csr_cache"] = (key, struct)
     return struct
 
 
 def csr_forward(layer, x: Tensor) -> Tensor:
     struct = _structure(layer)
-    if layer.format == "dense":
-        values = flat_get(layer.weight, struct.flat_indices)  # grads reach the weight
-    else:
-        values = layer.active_values()  # slot order = the structure's values order
+    values = layer.storage.csr_values(struct)
     if isinstance(layer, nn.Linear):
         return csr_linear(x, values, struct, layer.bias)
     if _is_pointwise(layer):
@@ -145,7 +135,7 @@ def _input_key(layer, x: Tensor) -> tuple:
     cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
         memory_format=torch.channels_last)
     return (type(layer).__name__, tuple(layer.weight_shape), tuple(getattr(layer, "stride", ())),
-            tuple(x.shape), x.dtype, str(x.device), amp, cl, layer.format,
+            tuple(x.shape), x.dtype, str(x.device), amp, cl, layer.storage.kind,
             torch.is_grad_enabled())
 
 
@@ -170,7 +160,7 @@ def choose(layer, x: Tensor) -> str:
         return seen[1]
     gkey = (*key, round(density, 3))
     if gkey not in _DECISIONS:
-        params = [layer.weight if layer.format == "dense" else layer._bank.values]
+        params = [layer.storage.param]
         if layer.bias is not None:
             params.append(layer.bias)
         t = _time_candidates({"dense": layer._dense_forward,

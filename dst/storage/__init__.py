@@ -1,0 +1,46 @@
+"""Storage kinds behind the sparse layers: one object per layer (``layer.storage``) owns the
+values and the active set, the dense-backend kernels, the commit of a prune/grow change with the
+optimizer state, and the view the engine and the methods read. No code outside this package
+tests a format string.
+
+``dense``   (:class:`DenseStorage`) the torch weight, inactive entries exactly zero, a bool mask.
+``compact`` (:class:`CompactStorage`) only the active values, in one flat :class:`SparseBank`
+            for all compact layers, plus int32 flat indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .bank import SparseBank
+from .base import Change, Storage
+from .compact import CompactStorage, compact_conv2d, compact_linear
+from .dense import DenseStorage, zero_state_
+from .flat import flat_fill_, flat_get, index_dtype, materialize
+
+KINDS: dict[str, type[Storage]] = {"dense": DenseStorage, "compact": CompactStorage}
+
+
+def commit(changes: Sequence[Change], optimizer=None) -> None:
+    """Apply every layer's change, the changes of one group (a compact bank) together; new
+    weights and their optimizer state are exactly zero."""
+    groups: dict[int, list[Change]] = {}
+    for ch in changes:
+        groups.setdefault(id(ch.layer.storage.commit_group()), []).append(ch)
+    for chs in groups.values():
+        chs[0].layer.storage.commit(chs, optimizer)
+
+
+def set_masks(masks: dict) -> None:
+    """Set several layers' masks (``{layer: bool mask of its weight's shape}``), those of one
+    group (a compact bank) together."""
+    groups: dict[int, dict] = {}
+    for layer, mask in masks.items():
+        groups.setdefault(id(layer.storage.commit_group()), {})[layer] = mask
+    for group in groups.values():
+        next(iter(group)).storage.set_masks_together(group)
+
+
+__all__ = ["KINDS", "Change", "CompactStorage", "DenseStorage", "SparseBank", "Storage",
+           "commit", "compact_conv2d", "compact_linear", "flat_fill_", "flat_get", "index_dtype",
+           "materialize", "set_masks", "zero_state_"]

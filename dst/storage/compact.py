@@ -1,0 +1,312 @@
+"""The compact storage: only the active values (a slice of one flat :class:`SparseBank`
+shared by the compact layers) plus their flat indices (unique, in slot order, not sorted;
+int32 where they fit), so parameters, gradients, optimizer state and indices grow with the
+number of non-zeros. The forward materializes one layer's dense weight inside a custom
+autograd function and drops it; the backward rebuilds it, so no dense weight is kept alive
+between forward and backward. A reallocation re-packs the bank in place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..kernels.structure import CSRStructure
+from .bank import SparseBank
+from .base import Change, Storage
+from .flat import flat_get, index_dtype, materialize
+
+
+def _compute_dtype(x: Tensor, param_dtype: torch.dtype) -> torch.dtype:
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return torch.promote_types(x.dtype, param_dtype)
+
+
+class _CompactConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, values, bias, indices, shape, conv_args, capture):
+        dtype = _compute_dtype(x, values.dtype)
+        w = materialize(values, indices, shape, dtype)
+        xin = x.to(dtype)
+        b = None if bias is None else bias.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            out = F.conv2d(xin, w, b, *conv_args)
+        ctx.save_for_backward(xin, values, indices)
+        ctx.meta = (shape, conv_args, dtype, x.dtype, bias, capture)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xin, values, indices = ctx.saved_tensors
+        shape, (stride, padding, dilation, groups), dtype, x_dtype, bias, capture = ctx.meta
+        need_x, need_v, need_b = ctx.needs_input_grad[:3]
+        need_w = need_v or capture is not None
+        w = materialize(values, indices, shape, dtype)
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad_out.to(dtype), xin, w, [shape[0]] if bias is not None else None,
+            list(stride), list(padding), list(dilation), False, [0, 0], groups,
+            [need_x, need_w, need_b and bias is not None])
+        g_values = None
+        if need_w:
+            if capture is not None:
+                capture(gw)
+            g_values = gw.reshape(-1).index_select(0, indices).to(values.dtype)
+        g_bias = gb.to(bias.dtype) if (need_b and bias is not None) else None
+        return (gx.to(x_dtype) if need_x else None, g_values if need_v else None, g_bias,
+                None, None, None, None)
+
+
+class _CompactLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, values, bias, indices, shape, capture):
+        dtype = _compute_dtype(x, values.dtype)
+        w = materialize(values, indices, shape, dtype)
+        xin = x.to(dtype)
+        b = None if bias is None else bias.to(dtype)
+        out = F.linear(xin, w, b)
+        ctx.save_for_backward(xin, values, indices)
+        ctx.meta = (shape, dtype, x.dtype, bias, capture)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xin, values, indices = ctx.saved_tensors
+        shape, dtype, x_dtype, bias, capture = ctx.meta
+        need_x, need_v, need_b = ctx.needs_input_grad[:3]
+        g = grad_out.to(dtype)
+        gx = g_values = gb = None
+        if need_x:
+            w = materialize(values, indices, shape, dtype)
+            gx = (g @ w).to(x_dtype)
+        if need_v or capture is not None:
+            gw = g.reshape(-1, shape[0]).t() @ xin.reshape(-1, shape[1])
+            if capture is not None:
+                capture(gw)
+            g_values = gw.reshape(-1).index_select(0, indices).to(values.dtype)
+        if need_b and bias is not None:
+            gb = g.reshape(-1, shape[0]).sum(0).to(bias.dtype)
+        return gx, g_values if need_v else None, gb, None, None, None
+
+
+def compact_conv2d(x: Tensor, values: Tensor, bias: Tensor | None, indices: Tensor,
+                   shape: Sequence[int], stride, padding, dilation, groups: int,
+                   capture: Callable[[Tensor], None] | None = None) -> Tensor:
+    return _CompactConv2d.apply(x, values, bias, indices, tuple(shape),
+                                (tuple(stride), tuple(padding), tuple(dilation), groups), capture)
+
+
+def compact_linear(x: Tensor, values: Tensor, bias: Tensor | None, indices: Tensor,
+                   shape: Sequence[int], capture: Callable[[Tensor], None] | None = None) -> Tensor:
+    return _CompactLinear.apply(x, values, bias, indices, tuple(shape), capture)
+
+
+def _repacked_layer(ch: Change, offset: int) -> tuple[Tensor, Tensor]:
+    """A compact layer's new indices and, per new slot, its old bank slot (-1: grown, zero).
+
+    Grown weights take the slots of pruned ones in place; surplus pruned slots are dropped and
+    surplus grown weights appended, so indices stay unique but are not kept sorted."""
+    n, k, g = ch.active.numel(), ch.prune_pos.numel(), ch.grown.numel()
+    idx = ch.active.clone()
+    src = torch.arange(offset, offset + n, device=idx.device)
+    grown = ch.grown.to(idx.device, idx.dtype)
+    reuse = ch.prune_pos[: min(k, g)]
+    idx[reuse] = grown[: reuse.numel()]
+    src[reuse] = -1
+    if k > g:  # drop the pruned slots nobody took
+        keep = torch.ones(n, dtype=torch.bool, device=idx.device)
+        keep[ch.prune_pos[g:]] = False
+        idx, src = idx[keep], src[keep]
+    elif g > k:
+        extra = grown[k:]
+        idx = torch.cat([idx, extra])
+        src = torch.cat([src, torch.full_like(extra, -1, dtype=src.dtype)])
+    return idx, src
+
+
+def _commit_bank(bank: SparseBank, changes: dict[int, Change], optimizer) -> None:
+    """Re-pack the bank: every member's new indices and one gather of the values and of every
+    optimizer state tensor of the bank's shape (grown slots zero)."""
+    offsets = bank.offsets()
+    srcs, new_indices = [], []
+    for slot, layer in enumerate(bank._members):
+        ch = changes.get(slot)
+        if ch is None:
+            n = layer.indices.numel()
+            srcs.append(torch.arange(offsets[slot], offsets[slot] + n, device=layer.indices.device))
+            new_indices.append(layer.indices)
+        else:
+            idx, src = _repacked_layer(ch, offsets[slot])
+            new_indices.append(idx)
+            srcs.append(src)
+    src = torch.cat(srcs).to(bank.values.device)
+    if src.numel() != bank.values.numel():
+        raise RuntimeError(f"re-pack changes the compact budget ({bank.values.numel()} -> "
+                           f"{src.numel()}); all layers of a bank must be updated together")
+    valid = src >= 0
+    gather = src.clamp(min=0)
+
+    def repack_(t: Tensor) -> None:
+        t.copy_(t.index_select(0, gather).masked_fill_(~valid, 0))
+
+    with torch.no_grad():
+        repack_(bank.values.data)
+        if optimizer is not None:
+            for v in optimizer.state.get(bank.values, {}).values():
+                if torch.is_tensor(v) and v.shape == bank.values.shape:
+                    repack_(v)
+    for layer, idx in zip(bank._members, new_indices, strict=True):
+        layer.indices = idx
+    bank.bump()
+
+
+def _explicit_padding(x: Tensor, padding: str, kernel_size, dilation):
+    if padding == "valid":
+        return x, (0, 0)
+    pads = []  # 'same': total = d*(k-1), left = total // 2 (torch's rule)
+    for k, d in zip(reversed(kernel_size), reversed(dilation), strict=True):
+        total = d * (k - 1)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads), (0, 0)
+
+
+class CompactStorage(Storage):
+    kind = "compact"
+    fixed_size = True  # its values are a slice of a bank of fixed size
+
+    def __init__(self, layer, mask: Tensor):
+        super().__init__(layer)
+        self.bank: SparseBank | None = None
+        self.slot = 0
+        idx = mask.reshape(-1).nonzero().squeeze(1).to(layer.weight.device,
+                                                      index_dtype(mask.numel()))
+        values = flat_get(layer.weight.detach(), idx).clone()
+        del layer.weight
+        layer.register_buffer("indices", idx)
+        layer.values = nn.Parameter(values)
+        SparseBank(layer, "values", [layer])  # a private bank until sparsify_ shares one
+
+    # -- the view -----------------------------------------------------------------------------
+    @property
+    def param(self) -> Tensor:
+        return self.bank.values
+
+    @property
+    def indices(self) -> Tensor:
+        return self.layer._buffers["indices"]
+
+    @property
+    def n_active(self) -> int:
+        return int(self.indices.numel())
+
+    def active_indices(self) -> Tensor:
+        return self.indices
+
+    def active_values(self, indices: Tensor | None = None) -> Tensor:
+        return self.bank.slice_of(self.layer)  # a view, in slot order
+
+    @property
+    def mask(self) -> Tensor:
+        idx = self.indices
+        return materialize(torch.ones_like(idx, dtype=torch.bool), idx, self.layer.weight_shape)
+
+    def dense_weight(self) -> Tensor:
+        return materialize(self.active_values().detach(), self.indices, self.layer.weight_shape)
+
+    def set_mask_(self, mask: Tensor) -> None:
+        """A layer sharing its bank must keep its active count (use :func:`dst.set_masks_`
+        on the whole model before building the optimizer instead)."""
+        idx = mask.reshape(-1).nonzero().squeeze(1).to(self.indices.dtype)
+        if idx.numel() != self.indices.numel() and len(self.bank._members) > 1:
+            raise ValueError("set_mask_ would change the size of a shared compact bank; "
+                             "use dst.set_masks_(model, masks) before creating the optimizer")
+        with torch.no_grad():
+            values = flat_get(self.dense_weight(), idx)
+            self.layer.indices = idx
+            if values.numel() == self.bank.values.numel():
+                self.bank.values.data.copy_(values)
+                self.bank.bump()
+            else:
+                self.bank.replace_values(values)
+
+    def set_masks_together(self, masks: dict) -> None:
+        """Any active counts: the bank is rebuilt (build the optimizer after this)."""
+        parts = []
+        for m in self.bank._members:
+            st = m.storage
+            if m in masks:
+                idx = masks[m].reshape(-1).nonzero().squeeze(1).to(st.indices.dtype)
+                parts.append((idx, flat_get(st.dense_weight(), idx)))
+            else:
+                parts.append((st.indices, st.active_values().detach()))
+        for m, (idx, _) in zip(self.bank._members, parts, strict=True):
+            m.indices = idx
+        self.bank.replace_values(torch.cat([v for _, v in parts]).clone())
+
+    def load_state_dict_pre(self, state_dict, prefix: str) -> None:
+        """Follow a checkpoint's active count (indices, and the values of a private bank)."""
+        key = prefix + "indices"
+        if key in state_dict and state_dict[key].shape != self.indices.shape:
+            self.layer.indices = torch.empty_like(state_dict[key], device=self.indices.device,
+                                                  dtype=self.indices.dtype)
+            self.bank.bump()
+        vkey = prefix + "values"
+        if self.bank.owner is self.layer and vkey in state_dict \
+                and state_dict[vkey].shape != self.bank.values.shape:
+            self.bank.replace_values(torch.empty_like(state_dict[vkey],
+                                                      device=self.bank.values.device))
+
+    def reset_parameters(self) -> None:
+        """Torch's default init law, drawn on a dense temporary."""
+        w = torch.empty(self.layer.weight_shape, device=self.indices.device)
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        with torch.no_grad():
+            self.active_values().copy_(flat_get(w, self.indices))
+            bias = self.layer.bias
+            if bias is not None:
+                fan_in = math.prod(self.layer.weight_shape[1:])
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                nn.init.uniform_(bias, -bound, bound)
+
+    # -- compute ------------------------------------------------------------------------------
+    def _capture(self):
+        return self.layer._store_dense_grad if self.layer._capture_grad else None
+
+    def linear(self, x: Tensor) -> Tensor:
+        layer = self.layer
+        return compact_linear(x, self.active_values(), layer.bias, self.indices,
+                              layer.weight_shape, self._capture())
+
+    def conv2d(self, x: Tensor) -> Tensor:
+        layer = self.layer
+        padding = layer.padding
+        if layer.padding_mode != "zeros":
+            x = F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
+            padding = (0, 0)
+        elif isinstance(padding, str):
+            x, padding = _explicit_padding(x, padding, layer.kernel_size, layer.dilation)
+        return compact_conv2d(x, self.active_values(), layer.bias, self.indices,
+                              layer.weight_shape, layer.stride, padding, layer.dilation,
+                              layer.groups, self._capture())
+
+    def csr_key(self) -> tuple:
+        idx = self.indices
+        return (idx.data_ptr(), idx._version, idx.numel(), idx.device)
+
+    def csr_structure(self) -> CSRStructure:
+        return CSRStructure.from_indices(self.indices, self.layer.weight_shape)
+
+    def csr_values(self, structure: CSRStructure) -> Tensor:
+        return self.active_values()  # slot order = the structure's values order
+
+    # -- the engine's side --------------------------------------------------------------------
+    def commit_group(self) -> object:
+        return self.bank
+
+    def commit(self, changes: Sequence[Change], optimizer) -> None:
+        _commit_bank(self.bank, {ch.layer.storage.slot: ch for ch in changes}, optimizer)
