@@ -220,3 +220,18 @@ def test_run_summary_counts_the_kernels_each_layer_ran(monkeypatch):
     assert [(d["grad"], d["pick"], d["dense_ms"], d["csr_ms"]) for d in tuned] == [
         (True, "csr", 1000.0, 500.0), (False, "dense", 500.0, 1000.0)]
     assert "sparse/dense (auto: csr)" in model_summary(model, (8,))[0]
+
+
+def test_timing_computes_the_input_gradient_only_when_the_real_input_needs_it():
+    w = torch.nn.Parameter(torch.randn(4, 4))
+    seen = []
+
+    def fn(x):
+        seen.append(x.requires_grad)
+        return x @ w
+
+    backends._time_candidates({"f": fn}, torch.randn(2, 4), [w])  # a first layer's input
+    assert not any(seen)
+    seen.clear()
+    backends._time_candidates({"f": fn}, torch.randn(2, 4, requires_grad=True), [w])
+    assert all(seen) and len(seen) == backends.WARMUP + backends.REPEATS

@@ -94,11 +94,12 @@ def csr_forward(layer, x: Tensor) -> Tensor:
 def _time_candidates(fns: dict, x: Tensor, params: list[Tensor]) -> dict[str, float]:
     """Best-of-``REPEATS`` time of each candidate's forward + backward, the candidates
     interleaved (A, B, A, B, ...) after ``WARMUP`` rounds, with the backward realized as in
-    training: ``.backward()`` accumulating into the parameters' ``.grad`` (hooks included).
+    training: ``.backward()`` accumulating into the parameters' ``.grad`` (hooks included),
+    and the input's gradient computed only when the real input requires one.
     The parameters' gradients are saved before and restored after; forward only without
     autograd."""
     backward = torch.is_grad_enabled()
-    xt = x.detach().requires_grad_(backward and x.is_floating_point())
+    xt = x.detach().requires_grad_(backward and x.requires_grad and x.is_floating_point())
     sync = x.device.type == "cuda"
     saved = [p.grad for p in params]
     best = {k: float("inf") for k in fns}
@@ -125,8 +126,10 @@ def _time_candidates(fns: dict, x: Tensor, params: list[Tensor]) -> dict[str, fl
 
 
 def _time_fwd_bwd(fn, x: Tensor, params: list[Tensor]) -> float:
-    """Best time of ``fn`` forward + backward (see :func:`_time_candidates`)."""
-    return _time_candidates({"fn": fn}, x, params)["fn"]
+    """Best time of ``fn`` forward + backward as a hidden layer's (the input's gradient
+    included; see :func:`_time_candidates`), for the kernel benchmarks."""
+    xg = x.detach().requires_grad_(x.is_floating_point())
+    return _time_candidates({"fn": fn}, xg, params)["fn"]
 
 
 def _input_key(layer, x: Tensor) -> tuple:
