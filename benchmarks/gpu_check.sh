@@ -11,19 +11,8 @@
 # the device tool's README); OUT (if set) receives the logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
-  if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-  else
-    echo "gpu_check: hydra-core and omegaconf are missing: pip install them or put their" \
-         "wheels (and antlr4-python3-runtime's) in .whl/" >&2
-    exit 2
-  fi
-fi
+source benchmarks/_gpu_env.sh
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA GPU visible')"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 LOG=${OUT:-/tmp}
 status=0
 timeout 240 "$PY" -m pytest -q -m cuda tests 2>&1 | tee "$LOG/gpu_tests.log" || status=1

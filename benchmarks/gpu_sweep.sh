@@ -12,18 +12,7 @@
 # installed to /tmp/site first (see the device tool's README: pip download ... -d .whl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
-  if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-  else
-    echo "gpu_sweep: hydra-core and omegaconf are missing: pip install them or put their" \
-         "wheels (and antlr4-python3-runtime's) in .whl/" >&2
-    exit 2
-  fi
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+source benchmarks/_gpu_env.sh
 exec "$PY" benchmarks/sweep.py --densities 0.1 --jobs "${JOBS:-8}" --threads 2 \
   --data-path "${DATA:-../shared/data/cifar10_subset.npz}" --set trainer.device=cuda \
   --budget-minutes "${BUDGET:-7.5}" --default-minutes 2 "$@"
