@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from dst.environment import cpu_model
 from dst.report import replace_section
 
 HERE = Path(__file__).resolve().parent
@@ -21,14 +21,7 @@ RESULTS = HERE / "RESULTS.md"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     dev = f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads{dev}")
