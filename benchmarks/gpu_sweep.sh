@@ -4,7 +4,7 @@
 # benchmarks/results/wrn28_2_subset/ with the same config hashes as CPU runs (the device is not
 # part of the preset), so GPU and CPU records fill the same cells; commit them afterwards.
 #
-#   bash benchmarks/gpu_sweep.sh             # run (a GPU machine; ~28 runs, budget 7.5 min)
+#   bash benchmarks/gpu_sweep.sh             # run (a GPU machine; ~31 runs, budget 7.5 min)
 #   bash benchmarks/gpu_sweep.sh --dry-run   # the plan only (works on a CPU machine)
 #
 # Env: DATA (the subset; default ../shared/data/cifar10_subset.npz), JOBS (default 8),

@@ -14,7 +14,8 @@ resumes from its checkpoint on the same machine.
     dst-report benchmarks/results/wrn28_2_subset          # the table from the records
 
 Order: density 0.1 before 0.2; within a density seed 0 of every method before seed 1;
-``--seeds-main`` seeds of dsr, static, set and dense, ``--seeds-rest`` of the others.
+``--seeds-main`` seeds of dense, dsr, static, set and dsr_structured, ``--seeds-rest`` of the
+others.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from dst.records import (  # noqa: E402
 )
 
 BENCH = REPO / "benchmarks"
-MAIN = ("dense", "dsr", "static", "set")
+MAIN = ("dense", "dsr", "static", "set", "dsr_structured")
 REST = ("thin_dense", "static_erk", "snip", "rigl", "snfs", "gmp", "lottery", "static_from_mask")
 PRESETS = {"static_erk": ["sparsity=static", "sparsity.distribution=erk"]}
 # one-shot lottery ticket: rewind to step 50 (~1 epoch of 51, 3 % of a 30-epoch run; Frankle et

@@ -23,6 +23,7 @@ from .loop import Run, finish, fit
 from .records import drop_nulls
 from .runlog import RunLog
 from .schedules import PeriodSchedule
+from .slim import average_gradients_
 from .summary import model_summary
 from .trainer import (
     AMP_MODES,
@@ -270,7 +271,13 @@ def setup(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> Run:
         engine = SparseEngine(model, optimizer, method, update_every=schedule, stop_step=stop,
                               seed=cfg.seed, check=bool(t.debug_checks))
     net = model
-    if world > 1:
+    if world > 1 and engine is not None and engine.groups:  # layers shrink: no DDP buckets
+        if t.amp == "fp16":
+            raise ConfigError("structured sparsity on several processes averages gradients "
+                              "itself, which fp16's GradScaler cannot follow: use "
+                              "trainer.amp=bf16 or off")
+        average_gradients_(model, optimizer)
+    elif world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False)

@@ -25,7 +25,7 @@ from .trainer import atomic_write
 # CIFAR-10, 90 % sparse (our density 0.1), 200 epochs, mean of 5 seeds
 PAPER_D01 = {"dsr": 93.59, "snfs": 93.61, "set": 93.28, "static": 92.04, "dense": 94.70}
 ORDER = ("dense", "thin_dense", "static", "static_erk", "snip", "static_from_mask", "lottery",
-         "gmp", "set", "rigl", "snfs", "dsr")
+         "gmp", "set", "rigl", "snfs", "dsr_structured", "dsr")
 
 
 def _mean_sd(v: list[float]) -> tuple[float | None, float | None]:

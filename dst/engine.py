@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from . import rng
 from .allocate import allocate, sample_free
 from .convert import sparse_layers
-from .methods.base import LayerState, Method, UpdateContext
+from .methods.base import ChannelState, LayerState, Method, UpdateContext
 from .schedules import PeriodSchedule, as_schedule
 from .storage import Change, commit
 
@@ -110,8 +110,62 @@ class SparseEngine:
                              "dst.sparsify_(..., format='compact') or call dst.share_bank_(model)"
                              " before creating the optimizer")
         self._check_schedule()
+        self.groups, self.n_channels = [], []
+        if method.removes_channels:
+            self._setup_channels(model)
         self.reset_budget()
         self._arm(self.step_count + 1)
+
+    def _setup_channels(self, model: nn.Module) -> None:
+        from . import slim
+
+        name = type(self.method).__name__
+        if not self.method.reallocates:
+            raise ValueError(f"{name} removes channels, so it must reallocate their weights")
+        self.groups = slim.find_channel_groups(model)
+        if not self.groups:
+            raise ValueError(f"{name} found no channel group: no sparse Conv2d/Linear whose "
+                             "output channels reach one other sparse layer through BatchNorm "
+                             "and activations only (see dst.slim)")
+        names = {g.producer for g in self.groups} | {g.consumer for g in self.groups}
+        layers = dict(self.layers)
+        if not all(layers[n].storage.can_cut for n in names):
+            raise ValueError(f"{name} cuts layers down, which the compact format cannot: use "
+                             "format='dense'")
+        slim.attach_(model, self.groups)
+        self._model = model
+        self.n_channels = [layers[g.producer].weight_shape[0] for g in self.groups]
+
+    @torch.no_grad()
+    def _remove_channels(self, t: int) -> list[int]:
+        """Remove the channels the method asks for (pruning their weights, cutting the layers
+        down); returns the active weights freed per layer."""
+        from .slim import KEPT, channel_active, slim_
+
+        index = {n: i for i, (n, _) in enumerate(self.layers)}
+        layers = dict(self.layers)
+        groups = [ChannelState(i, g.producer, layers[g.producer], layers[g.consumer],
+                               layers[g.producer]._buffers[KEPT], n)
+                  for i, (g, n) in enumerate(zip(self.groups, self.n_channels, strict=True))]
+        ctx = UpdateContext(t, self.stop_step, self.budget, self.seed, [], self._last_update())
+        freed = [0] * len(self.layers)
+        for g, st, (scores, k) in zip(self.groups, groups, self.method.channels(ctx, groups),
+                                      strict=True):
+            k = max(0, min(int(k), st.n_channels - 1))
+            gone = select(scores, k, st.kept.to(scores.device)).tolist()
+            gone.sort(key=lambda c: (float(scores[c]), int(st.kept[c])))
+            per_p, per_c = channel_active(st.producer, 0), channel_active(st.consumer, 1)
+            while gone and (int(per_p[gone].sum()) >= st.producer.n_active
+                            or int(per_c[gone].sum()) >= st.consumer.n_active):
+                gone.pop()  # a layer keeps at least one weight: spare the best-scored channel
+            if not gone:
+                continue
+            freed[index[g.producer]] += int(per_p[gone].sum())
+            freed[index[g.consumer]] += int(per_c[gone].sum())
+            drop = torch.zeros(st.n_channels, dtype=torch.bool)
+            drop[gone] = True
+            slim_(self._model, g, (~drop).nonzero().squeeze(1), self.optimizer)
+        return freed
 
     # -- schedule -----------------------------------------------------------------------------
     def _check_schedule(self) -> None:
@@ -215,6 +269,7 @@ class SparseEngine:
 
     @torch.no_grad()
     def _update(self, t: int, grads: list[Tensor | None] | None) -> UpdateReport:
+        freed = self._remove_channels(t) if self.groups else [0] * len(self.layers)
         states = []
         for i, (name, m) in enumerate(self.layers):
             active = m.active_indices()
@@ -235,6 +290,7 @@ class SparseEngine:
         for st, pos in zip(states, prune_pos, strict=True):
             blocked.append(st.layer.storage.occupied(st.active, pos if regrow else None))
             capacity.append(st.numel - st.n_active + (int(pos.numel()) if regrow else 0))
+        total = sum(pruned) + sum(freed)  # channels removed free their weights too
         if self.method.shrinks:
             counts, short = [0] * len(states), []
         elif plan.weights is None:
@@ -242,14 +298,14 @@ class SparseEngine:
             short = [i for i, (c, k) in enumerate(zip(capacity, pruned, strict=True)) if k > c]
         else:
             counts, short = None, []
-            if sum(capacity) < sum(pruned):
+            if sum(capacity) < total:
                 short = list(range(len(states)))
         for i in short:  # too few free positions: allow regrowing just-pruned ones (still zero)
             if not regrow:
                 blocked[i] = states[i].layer.storage.occupied(states[i].active, prune_pos[i])
                 capacity[i] += int(prune_pos[i].numel())
         if counts is None:
-            counts = allocate(sum(pruned), plan.weights, capacity,
+            counts = allocate(total, plan.weights, capacity,
                               rng.generator(self.seed, t, _RESIDUE_LAYER))
         changes = []
         for st, pos, b, g, scores, cap in zip(states, prune_pos, blocked, counts, plan.scores,
@@ -271,10 +327,10 @@ class SparseEngine:
             self.check()
         names = [st.name for st in states]
         return UpdateReport(
-            step=t, pruned=sum(pruned), grown=sum(counts),
+            step=t, pruned=total, grown=sum(counts),
             active={st.name: st.n_active - k + g for st, k, g in zip(states, pruned, counts,
                                                                      strict=True)},
-            pruned_per_layer=dict(zip(names, pruned, strict=True)),
+            pruned_per_layer={n: k + f for n, k, f in zip(names, pruned, freed, strict=True)},
             grown_per_layer=dict(zip(names, counts, strict=True)),
             method=self.method.state())
 
@@ -298,7 +354,8 @@ class SparseEngine:
         return {"step": self.step_count, "seed": self.seed, "budget": self.budget,
                 "layer_budget": list(self.layer_budget),
                 "layers": [n for n, _ in self.layers], "method": type(self.method).__name__,
-                "method_state": self.method.state_dict()}
+                "method_state": self.method.state_dict(),
+                **({"channels": list(self.n_channels)} if self.groups else {})}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the engine (load the model's state_dict, which holds the masks, first)."""
@@ -313,6 +370,11 @@ class SparseEngine:
         if state["budget"] != active:
             raise ValueError(f"engine state budget {state['budget']} != active weights {active}: "
                              "load the model's state_dict (masks) before the engine's")
+        if self.groups:  # the original channel counts (the model may arrive slimmed)
+            if len(state.get("channels", ())) != len(self.groups):
+                raise ValueError("engine state has no channel counts for this structured "
+                                 "method's channel groups")
+            self.n_channels = [int(n) for n in state["channels"]]
         self.step_count = int(state["step"])
         self.seed = int(state["seed"])
         self.budget = int(state["budget"])

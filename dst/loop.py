@@ -280,6 +280,11 @@ def finish(r: Run, totals: dict) -> dict:
         "skipped_optimizer_steps": engine.skipped_steps if engine is not None else 0,
         "replica_fingerprints": gather_fingerprints(r.model, r.world), **r.info,
     }
+    if engine is not None and engine.groups:  # structured: what slimming left
+        layers = dict(convert.sparse_layers(r.model))
+        summary["channels"] = {g.producer: [layers[g.producer].weight_shape[0], n]
+                               for g, n in zip(engine.groups, engine.n_channels, strict=True)}
+        summary["dense_macs_ratio_final"] = final["flops_dense"] / totals["flops_dense"]
     if len(set(summary["replica_fingerprints"])) > 1:
         log.error("DDP replicas differ at the end of training: %s",
                   summary["replica_fingerprints"])

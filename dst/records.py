@@ -144,7 +144,9 @@ def build_record(run_dir: Path, *, sweep: str, name: str, method: str, density: 
         "epochs": [{k: m.get(k) for k in METRIC_KEYS} for m in metrics],
         "wall_time": summary.get("wall_time"), "steps": summary.get("steps"),
         "skipped_optimizer_steps": summary.get("skipped_optimizer_steps"),
-        "thin": summary.get("thin"), "artifacts": artifacts or {}, "config": cfg,
+        "thin": summary.get("thin"), "channels": summary.get("channels"),
+        "dense_macs_ratio_final": summary.get("dense_macs_ratio_final"),
+        "artifacts": artifacts or {}, "config": cfg,
     }
 
 

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import dst
+from dst.methods import METHODS
 
 
 class TinyNet(nn.Module):
@@ -24,6 +25,18 @@ class TinyNet(nn.Module):
         x = torch.relu(self.depthwise(x))
         x = torch.relu(self.pointwise(x))
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def make_method(name: str):
+    """A registered method with its defaults; one that removes channels does so within a test's
+    first 50 steps (its ramp ends at 0.5 % of the tests' 10,000-step stop)."""
+    cls = METHODS[name]
+    return cls(ramp=(0.0, 0.005)) if cls.removes_channels else cls()
+
+
+def dense_only(name: str) -> bool:
+    """Methods refused in the compact format: they prune for good or cut layers down."""
+    return METHODS[name].shrinks or METHODS[name].removes_channels
 
 
 def batch(step: int, n: int = 8):

@@ -78,12 +78,17 @@ def _metrics(path: Path):
     return out
 
 
-@pytest.mark.parametrize("fmt", ["dense", "compact"])
-def test_resume_is_exact(tmp_path, fmt):
-    common = [*QUICK, "sparsity=dsr", f"sparsity.format={fmt}", "trainer.epochs=2",
+# dsr_structured: channels removed at steps 2 (before the checkpoint at step 3) and 4 (after)
+@pytest.mark.parametrize(("method", "fmt", "extra", "updates"), [
+    ("dsr", "dense", ["sparsity.schedule.stop=null"], ["2", "4", "6"]),
+    ("dsr", "compact", ["sparsity.schedule.stop=null"], ["2", "4", "6"]),
+    ("dsr_structured", "dense", ["sparsity.schedule.stop=6", "sparsity.method.ramp=[0,1]"],
+     ["2", "4"]),
+])
+def test_resume_is_exact(tmp_path, method, fmt, extra, updates):
+    common = [*QUICK, f"sparsity={method}", f"sparsity.format={fmt}", "trainer.epochs=2",
               "sparsity.schedule.unit=step", "sparsity.schedule.period_unit=step",
-              "sparsity.schedule.period=[[0,2]]",
-              "sparsity.schedule.stop=null", "optim.optimizer.lr=0.05"]
+              "sparsity.schedule.period=[[0,2]]", *extra, "optim.optimizer.lr=0.05"]
     straight = tmp_path / "straight"
     run(cfg_of(common), straight)
     split = tmp_path / "split"
@@ -98,7 +103,7 @@ def test_resume_is_exact(tmp_path, fmt):
         assert torch.equal(v, b["model"][k]), k
     # density rows were kept up to the checkpoint and continued
     rows = (split / "density_history.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
+    assert [r.split(",")[0] for r in rows[1:]] == updates
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(tmp_path):
@@ -160,11 +165,17 @@ def test_bad_overrides_exit_nonzero_with_a_clear_line(args, expected, tmp_path):
     assert not log.is_file() or "epoch 1/1" not in log.read_text()
 
 
-def test_ddp_two_gloo_processes_end_bit_identical(tmp_path):
-    args = [*QUICK, "data.n_train=256", "sparsity=rigl", "trainer.epochs=2",
+# rigl: DDP with dense gradients all-reduced for growth; dsr_structured: layers cut down during
+# training (gradients averaged by the optimizer hook instead of DDP's fixed buckets)
+DDP_METHOD = {"rigl": ["sparsity.schedule.stop=null", "sparsity.method.decay=constant"],
+              "dsr_structured": ["sparsity.schedule.stop=8", "sparsity.method.ramp=[0,1]"]}
+
+
+@pytest.mark.parametrize("method", sorted(DDP_METHOD))
+def test_ddp_two_gloo_processes_end_bit_identical(tmp_path, method):
+    args = [*QUICK, "data.n_train=256", f"sparsity={method}", "trainer.epochs=2",
             "sparsity.schedule.unit=step", "sparsity.schedule.period_unit=step",
-            "sparsity.schedule.period=[[0,1]]",
-            "sparsity.schedule.stop=null", "sparsity.method.decay=constant", "trainer.device=cpu",
+            "sparsity.schedule.period=[[0,1]]", *DDP_METHOD[method], "trainer.device=cpu",
             "trainer.debug_checks=true"]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                         "--nproc_per_node=2", "-m", "dst.train", *args,
@@ -175,6 +186,9 @@ def test_ddp_two_gloo_processes_end_bit_identical(tmp_path):
     fps = s["replica_fingerprints"]
     assert len(fps) == 2 and fps[0] == fps[1]
     assert s["engine_steps"] == 2 * 4  # 256 images / 2 ranks / batch 32 = 4 steps per epoch
+    if method == "dsr_structured":  # last update at step 7 of the ramp's 8: C/2·(1 − (1/8)³)
+        # = 7.98, 15.97, 31.94 of resnet20's 16, 32, 64 inner channels -> 7, 15, 31 removed
+        assert [kept for kept, _ in s["channels"].values()] == [9] * 3 + [17] * 3 + [33] * 3
 
 
 def _short(cfg):

@@ -5,7 +5,7 @@ import io
 
 import pytest
 import torch
-from helpers import TinyNet, batch, train_steps
+from helpers import TinyNet, batch, dense_only, make_method, train_steps
 
 import dst
 from dst.methods import METHODS
@@ -21,10 +21,11 @@ STEPS, STOP = 200, 10_000
 
 
 def build(method_name, fmt, opt_name="sgd_nesterov", seed=0):
-    if METHODS[method_name].shrinks and fmt == "compact":
+    if dense_only(method_name) and fmt == "compact":
         with pytest.raises(ValueError, match="use format='dense'"):
             _build(method_name, fmt, opt_name, seed)
-        pytest.skip(f"{method_name} prunes for good: dense format only (error checked)")
+        pytest.skip(f"{method_name} prunes for good or cuts layers down: dense format only "
+                    "(error checked)")
     return _build(method_name, fmt, opt_name, seed)
 
 
@@ -33,9 +34,32 @@ def _build(method_name, fmt, opt_name, seed):
     model = TinyNet()
     dst.sparsify_(model, 0.3, format=fmt, seed=seed)
     opt = OPTIMIZERS[opt_name](model.parameters())
-    engine = dst.SparseEngine(model, opt, METHODS[method_name](), update_every=1,
+    engine = dst.SparseEngine(model, opt, make_method(method_name), update_every=1,
                               stop_step=STOP, seed=seed)
     return model, opt, engine
+
+
+def original(engine, name, t):
+    """``t`` (of layer ``name``'s current weight shape) in the layer's original shape, zeros at
+    the channels a structured method removed (identity for every other method)."""
+    layers = dict(engine.layers)
+    for g, n in zip(engine.groups, engine.n_channels, strict=True):
+        for dim, owner in ((0, g.producer), (1, g.consumer)):
+            if owner == name and t.shape[dim] != n:
+                shape = list(t.shape)
+                shape[dim] = n
+                t = t.new_zeros(shape).index_copy_(dim, layers[g.producer].kept_channels, t)
+    return t
+
+
+def state_at(opt, engine, name, layer, flat_idx):
+    """Optimizer state values at flat positions of the layer's original shape."""
+    if not engine.groups:
+        return opt_state_at(opt, layer, flat_idx)
+    param = layer.storage.param
+    return [original(engine, name, v).reshape(-1)[flat_idx]
+            for v in opt.state.get(param, {}).values()
+            if torch.is_tensor(v) and v.shape == param.shape]
 
 
 def opt_state_at(opt, layer, flat_idx):
@@ -64,10 +88,10 @@ def test_invariants_over_hundreds_of_updates(method_name, fmt):
     budget0 = [m.n_active for _, m in layers]
     assert sum(budget0) == engine.budget
     prev = {n: m.mask.clone() for n, m in layers}
-    n_updates, n_grown = 0, 0
+    n_updates, n_grown, n_cut = 0, 0, 0
 
     def check(report):
-        nonlocal n_updates, n_grown
+        nonlocal n_updates, n_grown, n_cut
         counts = [m.n_active for _, m in layers]
         assert sum(counts) == engine.budget
         if engine.method.shrinks:  # pruning-only methods: the budget never rises
@@ -82,13 +106,16 @@ def test_invariants_over_hundreds_of_updates(method_name, fmt):
             assert int(idx.min()) >= 0 and int(idx.max()) < m.numel_dense
             if fmt == "dense":
                 assert not bool(m.weight.detach()[~m.mask].any())
-            new = (m.mask & ~prev[name]).reshape(-1).nonzero().squeeze(1)
+            mask = original(engine, name, m.mask)  # structured: in the original shape
+            n_cut += int(mask.numel() != m.mask.numel())
+            new = (mask & ~prev[name]).reshape(-1).nonzero().squeeze(1)
             if report is not None and new.numel():
                 n_grown += new.numel()
-                assert not bool(dst.storage.flat_get(m.dense_weight(), new).any()), name
-                for st in opt_state_at(opt, m, new):
+                weight = original(engine, name, m.dense_weight())
+                assert not bool(dst.storage.flat_get(weight, new).any()), name
+                for st in state_at(opt, engine, name, m, new):
                     assert not bool(st.any()), f"{name}: grown weights kept optimizer state"
-            prev[name] = m.mask.clone()
+            prev[name] = mask.clone()
         if report is not None:
             n_updates += 1
             if engine.method.shrinks:
@@ -102,6 +129,7 @@ def test_invariants_over_hundreds_of_updates(method_name, fmt):
     if engine.method.changes_masks:
         assert n_updates == STEPS
         assert n_grown > 0 or engine.method.shrinks
+    assert (n_cut > 0) == engine.method.removes_channels  # the layers were cut down
     engine.check()
 
 

@@ -29,9 +29,11 @@ def test_plan_order_counts_and_dependencies(tmp_path):
     jobs = _plan(tmp_path, "--densities", "0.2", "0.1", "--seeds-main", "3", "--seeds-rest",
                  "2")
     names = [j.name for j in jobs]
-    assert len(names) == len(set(names)) == 3 + 2 * (3 * 3 + 2 * 8)
+    # dense once per seed; per density 4 sparse main methods x 3 seeds and 8 others x 2
+    assert len(names) == len(set(names)) == 3 + 2 * (4 * 3 + 2 * 8)
     per_method = Counter(j.method for j in jobs)
     assert per_method["dense"] == 3 and per_method["dsr"] == 6 and per_method["lottery"] == 4
+    assert per_method["dsr_structured"] == 6
     # density 0.1 first; within it every method of seed 0 before any of seed 1
     assert all(j.density in (0.1, 1.0) for j in jobs[:28])
     first_s1 = next(i for i, j in enumerate(jobs) if j.seed == 1)
@@ -142,7 +144,7 @@ def test_gpu_script_plans_the_density_01_matrix_with_the_cpu_hashes(tmp_path):
     assert out.returncode == 0, out.stderr
     heads = [ln[2:].split(":")[0] for ln in out.stdout.splitlines() if ln.startswith("# ")]
     cmds = [ln for ln in out.stdout.splitlines() if not ln.startswith("#")]
-    assert len(heads) == 28 and all("trainer.device=cuda" in c for c in cmds)
+    assert len(heads) == 31 and all("trainer.device=cuda" in c for c in cmds)
     cpu = {j.key for j in _plan(tmp_path, "--densities", "0.1")}
     assert set(heads) == cpu
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from .base import GrowPlan, LayerState, Method, UpdateContext, fraction_count
+from .base import ChannelState, GrowPlan, LayerState, Method, UpdateContext, fraction_count
 from .dsr import DSR
+from .dsr_structured import DSRStructured
 from .gmp import GMP
 from .rigl import RigL
 from .set import SET
@@ -12,6 +13,7 @@ from .static import Static
 
 METHODS: dict[str, type[Method]] = {
     "dsr": DSR, "set": SET, "rigl": RigL, "snfs": SNFS, "static": Static, "gmp": GMP,
+    "dsr_structured": DSRStructured,
 }
 
 
@@ -36,5 +38,6 @@ def build_method(name: str, **kwargs) -> Method:
     return METHODS[name](**kwargs)
 
 
-__all__ = ["DSR", "GMP", "METHODS", "RigL", "SET", "SNFS", "GrowPlan", "LayerState", "Method",
-           "Static", "UpdateContext", "build_method", "fraction_count", "register"]
+__all__ = ["DSR", "GMP", "METHODS", "ChannelState", "DSRStructured", "GrowPlan", "LayerState",
+           "Method", "RigL", "SET", "SNFS", "Static", "UpdateContext", "build_method",
+           "fraction_count", "register"]

@@ -11,6 +11,10 @@ One signature per role:
   regrows exactly what it pruned.
 * A method with ``shrinks = True`` (gradual magnitude pruning) only prunes; the engine's budget
   follows it down.
+* ``channels(ctx, groups) -> list[(scores, count)]`` (methods with ``removes_channels``): per
+  channel group (:mod:`dst.slim`), a score for each current channel (lowest removed first) and
+  how many to remove now. The engine prunes the removed channels' weights, cuts the layers down
+  and adds the freed weights to what the update regrows.
 * ``observe(step, grads)``: called every step with dense gradients when ``dense_grad ==
   "always"`` (e.g. to keep a momentum of them).
 """
@@ -54,6 +58,22 @@ class UpdateContext:
 
 
 @dataclass
+class ChannelState:
+    """What a method may read of one channel group (:class:`dst.slim.ChannelGroup`)."""
+
+    index: int
+    name: str  # the producer's name
+    producer: nn.Module  # its output channels...
+    consumer: nn.Module  # ...are this layer's input channels
+    kept: Tensor  # original ids of the current channels, ascending
+    n_original: int
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.kept.numel())
+
+
+@dataclass
 class GrowPlan:
     scores: list[Tensor | None]
     weights: list[float] | None = None
@@ -74,6 +94,7 @@ class Method(ABC):
     changes_masks = True
     shrinks = False  # prunes without regrowing: the budget falls (gradual magnitude pruning)
     needs_stop_step = False  # its schedule ends at the engine's stop_step (a decay, GMP)
+    removes_channels = False  # structured: also removes whole channels (``channels``)
 
     def observe(self, step: int, grads: list[Tensor]) -> None:  # noqa: B027 - optional hook
         """Per-step hook (only called when ``dense_grad == "always"``); default: nothing."""
@@ -84,6 +105,12 @@ class Method(ABC):
 
     def grow(self, ctx: UpdateContext, pruned: list[int]) -> GrowPlan:
         return GrowPlan(scores=[None] * len(ctx.layers))
+
+    def channels(self, ctx: UpdateContext, groups: list[ChannelState]) -> list[tuple[Tensor, int]]:
+        """Per channel group: (a score per current channel, how many of the lowest to remove);
+        only called when ``removes_channels``."""
+        raise NotImplementedError(f"{type(self).__name__} sets removes_channels but does not "
+                                  "define channels()")
 
     def state(self) -> dict:
         """Method state for update reports (e.g. DSR's threshold)."""

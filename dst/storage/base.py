@@ -29,6 +29,7 @@ class Storage(ABC):
     a prune/grow change with the optimizer state, and the view the engine reads."""
 
     kind = "storage"
+    can_cut = False  # can remove whole channels (structured slimming, ``cut_``)
     fixed_size = False  # the active count of a layer may change on its own (shrinking methods)
     bank = None  # the shared flat parameter of compact layers
 
@@ -107,6 +108,11 @@ class Storage(ABC):
         if unblock is not None and unblock.numel():
             b[active.index_select(0, unblock)] = False
         return b
+
+    def cut_(self, dim: int, keep: Tensor, optimizer=None) -> None:
+        """Keep only the channels ``keep`` along ``dim`` (structured slimming)."""
+        raise NotImplementedError(f"the {self.kind} format cannot remove channels; structured "
+                                  "sparsity (dsr_structured) needs format='dense'")
 
     def check(self, name: str) -> None:  # noqa: B027 - nothing beyond the engine's checks
         """Storage-specific invariants (AssertionError when broken)."""

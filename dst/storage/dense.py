@@ -45,6 +45,7 @@ def zero_state_(optimizer, param: Tensor, idx: Tensor) -> None:
 
 class DenseStorage(Storage):
     kind = "dense"
+    can_cut = True
 
     def __init__(self, layer, mask: Tensor):
         layer.register_buffer("mask", mask.to(layer.weight.device))
@@ -145,6 +146,15 @@ class DenseStorage(Storage):
         if unblock is None:
             return self.mask.reshape(-1)  # read-only use; unchanged until the commit
         return super().occupied(active, unblock)
+
+    def cut_(self, dim: int, keep: Tensor, optimizer=None) -> None:
+        """Keep the channels ``keep`` along ``dim`` of the weight, its mask and optimizer
+        state (structured slimming, :mod:`dst.slim`)."""
+        from ..slim import cut_param_, cut_tensor
+
+        cut_param_(self.layer.weight, dim, keep, optimizer)
+        self.layer._buffers["mask"] = cut_tensor(self.mask, dim, keep)
+        self._active = self._count = None
 
     def check(self, name: str) -> None:
         assert not bool(self.layer.weight.detach()[~self.mask].any()), \
