@@ -62,10 +62,10 @@ class TwoLinear(nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
-def hand_model():
+def hand_model(w1=((1.0, 0, 0, 0.5), (0.1, 0, 0, 0), (2.0, 0, 0, 0)),
+               w2=((0.5, 0.2, 1.0), (0.0, 0, 1.0))):
     model = TwoLinear()
-    w1 = torch.tensor([[1.0, 0, 0, 0.5], [0.1, 0, 0, 0], [2.0, 0, 0, 0]])
-    w2 = torch.tensor([[0.5, 0.2, 1.0], [0.0, 0, 1.0]])
+    w1, w2 = torch.tensor(w1), torch.tensor(w2)
     with torch.no_grad():
         model.fc1.weight.copy_(w1)
         model.fc2.weight.copy_(w2)
@@ -108,6 +108,17 @@ def test_lowest_unit_mean_magnitude_channel_goes_and_its_budget_is_regrown():
     mom = opt.state[model.fc1.weight]["momentum_buffer"]
     assert mom.shape == (2, 4)
     assert torch.equal(mom[~grown], mom1[[0, 2]][~grown]) and mom[grown].item() == 0.0
+
+
+def test_the_consumer_column_counts_in_the_score():
+    # fc1 rows alone would remove channel 0 (|row| 0.5 < 0.6), but with fc2's columns:
+    # channel 0: (0.5 + 1.0) / 6 = 0.25; channel 1: (0.6 + 0.1) / 6 = 0.117; channel 2: 4 / 6
+    model = hand_model(w1=((0.5, 0, 0, 0), (0.6, 0, 0, 0), (3.0, 0, 0, 0)),
+                       w2=((0.5, 0.1, 0.5), (0.5, 0.0, 0.5)))
+    method = DSRStructured(channel_sparsity=0.34, ramp=(0.0, 0.5))
+    engine = dst.SparseEngine(model, None, method, update_every=1, stop_step=2, check=True)
+    engine.step()
+    assert model.fc1.kept_channels.tolist() == [0, 2]
 
 
 def test_slimming_keeps_the_function_in_train_and_eval_mode():
