@@ -281,6 +281,13 @@ def finish(r: Run, totals: dict) -> dict:
         "replica_fingerprints": gather_fingerprints(r.model, r.world), **r.info,
     }
     if engine is not None and engine.groups:  # structured: what slimming left
+        # densities stay relative to the model asked for (the same parameter count as DSR's),
+        # the cut-down sizes beside them
+        summary.update(params_dense_slimmed=summary["params_dense"],
+                       pool_size_slimmed=summary["pool_size"],
+                       params_dense=totals["params_dense"], pool_size=totals["pool_size"],
+                       model_density=summary["params_nonzero"] / totals["params_dense"],
+                       pool_density=summary["pool_active"] / totals["pool_size"])
         layers = dict(convert.sparse_layers(r.model))
         summary["channels"] = {g.producer: [layers[g.producer].weight_shape[0], n]
                                for g, n in zip(engine.groups, engine.n_channels, strict=True)}

@@ -189,6 +189,9 @@ def test_ddp_two_gloo_processes_end_bit_identical(tmp_path, method):
     if method == "dsr_structured":  # last update at step 7 of the ramp's 8: C/2·(1 − (1/8)³)
         # = 7.98, 15.97, 31.94 of resnet20's 16, 32, 64 inner channels -> 7, 15, 31 removed
         assert [kept for kept, _ in s["channels"].values()] == [9] * 3 + [17] * 3 + [33] * 3
+        # densities against the model asked for: the budget is 10 % of the full pool
+        assert s["pool_density"] == pytest.approx(0.1, abs=1e-3)
+        assert s["params_dense_slimmed"] < s["params_dense"]
 
 
 def _short(cfg):
