@@ -106,6 +106,8 @@ def test_invariants_over_hundreds_of_updates(method_name, fmt):
             assert int(idx.min()) >= 0 and int(idx.max()) < m.numel_dense
             if fmt == "dense":
                 assert not bool(m.weight.detach()[~m.mask].any())
+                # the cached active set (updated, not rebuilt, at a commit) is the mask's
+                assert torch.equal(idx, m.mask.reshape(-1).nonzero().squeeze(1)), name
             mask = original(engine, name, m.mask)  # structured: in the original shape
             n_cut += int(mask.numel() != m.mask.numel())
             new = (mask & ~prev[name]).reshape(-1).nonzero().squeeze(1)
