@@ -146,6 +146,7 @@ def build_record(run_dir: Path, *, sweep: str, name: str, method: str, density: 
         "skipped_optimizer_steps": summary.get("skipped_optimizer_steps"),
         "thin": summary.get("thin"), "channels": summary.get("channels"),
         "dense_macs_ratio_final": summary.get("dense_macs_ratio_final"),
+        "params_dense_slimmed": summary.get("params_dense_slimmed"),
         "artifacts": artifacts or {}, "config": cfg,
     }
 
