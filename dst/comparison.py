@@ -134,6 +134,23 @@ def ordering_sentence(cell_map: dict) -> str:
     return text
 
 
+def structured_sentence(cell_map: dict) -> str | None:
+    """How far structured runs cut their model down: the final dense MACs per image against
+    the full model's, and the inner channels kept (records with ``dense_macs_ratio_final``)."""
+    parts = []
+    for (m, d), c in sorted(cell_map.items(), key=lambda kv: _order(kv[0])):
+        recs = [r for r in c["records"] if isinstance(r.get("dense_macs_ratio_final"),
+                                                       (int, float))]
+        if not recs:
+            continue
+        macs = statistics.fmean(r["dense_macs_ratio_final"] for r in recs)
+        kept = [k / n for r in recs for k, n in (r.get("channels") or {}).values()]
+        share = f", {statistics.fmean(kept):.2f} of the inner channels kept" if kept else ""
+        parts.append(f"{m} at density {d:g}: the final model's dense MACs are {macs:.3f}x the "
+                     f"full model's{share} (n={len(recs)})")
+    return ("After slimming: " + "; ".join(parts) + ".") if parts else None
+
+
 def write(folder: Path, out_dir: Path, title: str | None = None) -> dict:
     folder = Path(folder)
     records, bad = load_records(folder)
@@ -166,7 +183,8 @@ def write(folder: Path, out_dir: Path, title: str | None = None) -> dict:
         c = cell_map.get((m, 1.0 if m == "dense" else 0.1))
         ours = _pm(*_mean_sd([r["final_test_acc1"] for r in c["records"]])) if c else "—"
         md.append(f"| {m} | {p:.2f} | {ours} |")
-    md += ["", ordering_sentence(cell_map), "",
+    slimmed = structured_sentence(cell_map)
+    md += ["", ordering_sentence(cell_map), *(["", slimmed] if slimmed else []), "",
            f"Commits: {', '.join(commits) or '—'}. Machines: {', '.join(cpus) or '—'}."]
     if stale:
         md += ["", "Records of other presets (not in the table): " + ", ".join(

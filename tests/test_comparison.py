@@ -28,11 +28,14 @@ def test_table_marks_missing_cells_and_keeps_other_presets_apart(tmp_path):
     res = tmp_path / "res"
     res.mkdir()
     records = [rec("dsr", 0.1, 0, 70.0), rec("dsr", 0.1, 1, 72.0), rec("static", 0.1, 0, 66.0),
-               rec("dense", 1.0, 0, 80.0), rec("set", 0.1, 0, 50.0, h="old")]
+               rec("dense", 1.0, 0, 80.0), rec("set", 0.1, 0, 50.0, h="old"),
+               rec("dsr_structured", 0.1, 0, 69.0, dense_macs_ratio_final=0.5,
+                   channels={"a": [8, 16], "b": [24, 32]})]
     for r in records:
         (res / f"{r['name']}-{r['config_hash']}.json").write_text(json.dumps(r))
     plan = [{"name": r["name"], "method": r["method"], "density": r["density"],
-             "seed": r["seed"], "hash": "h1", "status": "recorded"} for r in records[:4]]
+             "seed": r["seed"], "hash": "h1", "status": "recorded"}
+            for r in records[:4] + records[5:]]
     plan += [{"name": "static_d0.1_s1", "method": "static", "density": 0.1, "seed": 1,
               "hash": "h1", "status": "running"},
              {"name": "set_d0.1_s0", "method": "set", "density": 0.1, "seed": 0, "hash": "h1",
@@ -58,5 +61,9 @@ def test_table_marks_missing_cells_and_keeps_other_presets_apart(tmp_path):
     assert "50.00" not in rows["set"] and "set_d0.1_s0-old" in md  # record is listed apart
     assert "-10.00 (n=1) (d 0.1)" in rows["dense"]  # 70 - 80 on seed 0
     assert "| dsr | 93.59 | 71.00 ± 1.41 |" in md
+    assert "| 1.00 (n=1) |" in rows["dsr_structured"]  # 70 - 69 on seed 0
+    # kept 8/16 and 24/32 of the channels: mean 0.625
+    assert ("dsr_structured at density 0.1: the final model's dense MACs are 0.500x the full "
+            "model's, 0.62 of the inner channels kept (n=1)") in md
     assert (tmp_path / "out" / "comparison_acc_vs_params.png").stat().st_size > 1000
     assert write(res, tmp_path / "out2")["stale"][0]["config_hash"] == "old"
