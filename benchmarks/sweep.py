@@ -26,6 +26,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -269,6 +270,21 @@ def record_run(j: Job, args) -> Path:
     return path
 
 
+def _alive(owner) -> bool:
+    """Is the sweep ``host:pid`` still running on this machine? (A plan.json arrives from other
+    machines through git: their sweeps, and entries without an owner, have ended.)"""
+    host, _, pid = str(owner or "").rpartition(":")
+    if not owner or not pid.isdigit() or host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_plan(args, jobs: list[Job], done: set[str], running=()) -> None:
     """plan.json in the records folder: every run of the plan with its hash and status, so the
     report marks the cells still to run (or running). Runs of the file that this invocation
@@ -279,9 +295,16 @@ def write_plan(args, jobs: list[Job], done: set[str], running=()) -> None:
         kept = [r for r in json.loads(path.read_text())["runs"] if r["name"] not in ours]
     except (OSError, ValueError, KeyError, TypeError):
         kept = []
+    for r in kept:  # "running" only while the sweep that launched it lives
+        if r.get("status") == "running" and not _alive(r.get("owner")):
+            r["status"] = "to run"
+            r.pop("owner", None)
+    owner = f"{socket.gethostname()}:{os.getpid()}"
     runs = [{"name": j.name, "method": j.method, "density": j.density, "seed": j.seed,
              "hash": j.hash, "status": "recorded" if j.key in done else
-             "running" if j.name in running else "to run"} for j in jobs]
+             "running" if j.name in running else "to run",
+             **({"owner": owner} if j.name in running and j.key not in done else {})}
+            for j in jobs]
     write_json(path, {"sweep": args.name, "epochs": args.epochs, "runs": kept + runs})
 
 

@@ -4,6 +4,7 @@ skipped on the next run, budgets, and the GPU script's plan."""
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -164,3 +165,21 @@ def test_a_narrower_invocation_keeps_the_rest_of_the_plan(tmp_path):
     assert runs[few[0].name]["status"] == "recorded"
     assert runs[few[1].name]["status"] == "running"
     assert runs["dsr_d0.2_s0"]["status"] == "to run"
+    # a run marked running by a sweep that has ended (or an entry without its owner) is
+    # "to run" again; one whose sweep still lives (here: this process) stays running
+    plan = json.loads((tmp_path / "res" / "plan.json").read_text())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    for r in plan["runs"]:
+        if r["name"] == "dsr_d0.2_s0":
+            r.update(status="running", owner=f"{socket.gethostname()}:{dead}")
+        if r["name"] == "set_d0.2_s0":
+            r.update(status="running")
+        if r["name"] == "static_d0.2_s0":
+            r.update(status="running", owner=f"{socket.gethostname()}:{os.getpid()}")
+    (tmp_path / "res" / "plan.json").write_text(json.dumps(plan))
+    sweep.write_plan(narrow, few, {few[0].key})
+    runs = {r["name"]: r for r in
+            json.loads((tmp_path / "res" / "plan.json").read_text())["runs"]}
+    assert runs["dsr_d0.2_s0"]["status"] == runs["set_d0.2_s0"]["status"] == "to run"
+    assert runs["static_d0.2_s0"]["status"] == "running"
