@@ -13,6 +13,7 @@ from .allocate import allocate, sample_free
 from .convert import sparse_layers
 from .methods.base import ChannelState, LayerState, Method, UpdateContext
 from .schedules import PeriodSchedule, as_schedule
+from .slim import KEPT, attach_, channel_active, find_channel_groups, slim_
 from .storage import Change, commit
 
 _RESIDUE_LAYER = -1  # rng key for the allocation's random residue
@@ -117,12 +118,10 @@ class SparseEngine:
         self._arm(self.step_count + 1)
 
     def _setup_channels(self, model: nn.Module) -> None:
-        from . import slim
-
         name = type(self.method).__name__
         if not self.method.reallocates:
             raise ValueError(f"{name} removes channels, so it must reallocate their weights")
-        self.groups = slim.find_channel_groups(model)
+        self.groups = find_channel_groups(model)
         if not self.groups:
             raise ValueError(f"{name} found no channel group: no sparse Conv2d/Linear whose "
                              "output channels reach one other sparse layer through BatchNorm "
@@ -132,7 +131,7 @@ class SparseEngine:
         if not all(layers[n].storage.can_cut for n in names):
             raise ValueError(f"{name} cuts layers down, which the compact format cannot: use "
                              "format='dense'")
-        slim.attach_(model, self.groups)
+        attach_(model, self.groups)
         self._model = model
         self.n_channels = [layers[g.producer].weight_shape[0] for g in self.groups]
 
@@ -140,8 +139,6 @@ class SparseEngine:
     def _remove_channels(self, t: int) -> list[int]:
         """Remove the channels the method asks for (pruning their weights, cutting the layers
         down); returns the active weights freed per layer."""
-        from .slim import KEPT, channel_active, slim_
-
         index = {n: i for i, (n, _) in enumerate(self.layers)}
         layers = dict(self.layers)
         groups = [ChannelState(i, g.producer, layers[g.producer], layers[g.consumer],
