@@ -195,18 +195,20 @@ def slim_(model: nn.Module, group: ChannelGroup, keep: Tensor, optimizer=None) -
     prod._buffers[KEPT] = kept.index_select(0, keep.to(kept.device))
 
 
+def _by_channel(t: Tensor, dim: int) -> Tensor:
+    """``t`` (a weight-shaped tensor) with channel ``dim`` first and the rest flattened: row
+    ``j`` holds every entry of channel ``j``."""
+    return t.transpose(0, dim).reshape(t.shape[dim], -1)
+
+
 def channel_weights(layer: nn.Module, dim: int) -> Tensor:
-    """The layer's dense weight (zeros inactive) with channel ``dim`` first, flattened after:
-    row ``j`` holds every weight of channel ``j``."""
-    w = layer.dense_weight()
-    return w.transpose(0, dim).reshape(w.shape[dim], -1) if dim else w.reshape(w.shape[0], -1)
+    """The layer's dense weight (zeros inactive), one row per channel along ``dim``."""
+    return _by_channel(layer.dense_weight(), dim)
 
 
 def channel_active(layer: nn.Module, dim: int) -> Tensor:
     """Active weights per channel along ``dim`` (0: output, 1: input)."""
-    m = layer.mask
-    return m.transpose(0, dim).reshape(m.shape[dim], -1).sum(1) if dim else \
-        m.reshape(m.shape[0], -1).sum(1)
+    return _by_channel(layer.mask, dim).sum(1)
 
 
 def attach_(model: nn.Module, groups: list[ChannelGroup]) -> None:
