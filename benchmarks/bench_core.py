@@ -112,7 +112,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--only-dsr-update", action="store_true",
+                    help="time only the DSR updates (print only; for A/B runs of two checkouts "
+                         "with PYTHONPATH=<checkout>)")
     args = ap.parse_args()
+    if args.only_dsr_update:
+        print(dst.__file__)
+        print(table([bench_dsr_update(fmt, args.repeats) for fmt in ("dense", "compact")],
+                    ["benchmark", "value", "unit", "goal", "detail"]))
+        return
     rows = bench_step(args.batch, args.repeats, args.rounds)
     rows += [bench_dsr_update(fmt, args.repeats) for fmt in ("dense", "compact")]
     rows += [bench_memory("wrn28_2", 10, True), bench_memory("resnet50", 1000, False)]
