@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .storage.flat import flat_nonzero
+
 
 def _pick(candidates: list[int], gen: torch.Generator) -> int:
     return candidates[int(torch.randint(len(candidates), (1,), generator=gen))]
@@ -62,18 +64,18 @@ def sample_free(blocked: Tensor, count: int, gen: torch.Generator,
     if count > n_free:
         raise ValueError(f"cannot draw {count} positions: only {n_free} free")
     if n_free < 4 * count or numel < 4096:
-        free = (~blocked).nonzero().squeeze(1)
+        free = flat_nonzero(~blocked)
         return free[torch.randperm(free.numel(), generator=gen)[:count]]
     picked = torch.empty(0, dtype=torch.long)
     while picked.numel() < count:
         need = count - picked.numel()
         draws = torch.randint(numel, (int(need * numel / n_free * 1.3) + 64,), generator=gen)
-        draws = draws[~blocked[draws]]
+        draws = draws.masked_select(blocked.index_select(0, draws).logical_not_())
         small = numel < 2**31  # sorting int32 is about twice as fast
         draws = torch.unique(draws.int()).long() if small else torch.unique(draws)
         if picked.numel():
             draws = draws[~torch.isin(draws, picked)]
         if draws.numel() > need:
-            draws = draws[torch.randperm(draws.numel(), generator=gen)[:need]]
+            draws = draws.index_select(0, torch.randperm(draws.numel(), generator=gen)[:need])
         picked = torch.cat([picked, draws])
     return picked

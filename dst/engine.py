@@ -11,21 +11,24 @@ from torch import Tensor, nn
 from . import rng
 from .allocate import allocate, sample_free
 from .convert import sparse_layers
-from .methods.base import ChannelState, LayerState, Method, UpdateContext
+from .methods.base import ChannelState, LayerState, Method, Prune, UpdateContext
 from .schedules import PeriodSchedule, as_schedule
 from .slim import KEPT, attach_, channel_active, find_channel_groups, slim_
 from .storage import Change, commit
+from .storage.flat import flat_nonzero
 
 _RESIDUE_LAYER = -1  # rng key for the allocation's random residue
 
 
 def select(scores: Tensor, k: int, flat: Tensor | None = None, *,
-           largest: bool = False) -> Tensor:
+           largest: bool = False, below: float | None = None) -> Tensor:
     """Positions of the ``k`` lowest (``largest``: highest) ``scores``, ascending.
 
     The canonical rule: among equal scores at the cut, the smaller flat index wins (``flat[i]``
     is the flat weight index of position ``i``; the position itself when ``flat`` is None), so
-    the selected set never depends on the order a cache or bank holds the weights in."""
+    the selected set never depends on the order a cache or bank holds the weights in. ``below``
+    (lowest only): a threshold the method cut at; when exactly ``k`` scores lie under it, they
+    are the answer (no tie reaches the cut) and the k-th value is never computed."""
     n = scores.numel()
     if k <= 0:
         return torch.empty(0, dtype=torch.long, device=scores.device)
@@ -34,16 +37,19 @@ def select(scores: Tensor, k: int, flat: Tensor | None = None, *,
     if bool(torch.isnan(scores).any()):
         raise FloatingPointError("a sparsity score is NaN: the weights or gradients are not "
                                  "finite (the loss diverged); lower the learning rate")
+    if below is not None and not largest:
+        chosen = scores < below
+        if int(chosen.sum()) == k:
+            return flat_nonzero(chosen)
     s = scores.neg() if largest else scores
     kth = torch.kthvalue(s, k).values
-    chosen = s < kth
-    ties = (s == kth).nonzero().squeeze(1)
-    need = k - int(chosen.sum())
-    if ties.numel() > need:  # only then does the rule decide anything
+    chosen = s <= kth
+    if int(chosen.sum()) > k:  # equal scores at the cut: only then does the rule decide
+        chosen = s < kth
+        ties = flat_nonzero(s == kth)
         key = ties if flat is None else flat.index_select(0, ties)
-        ties = ties.index_select(0, key.argsort()[:need])
-    chosen[ties] = True
-    return chosen.nonzero().squeeze(1)
+        chosen[ties.index_select(0, key.argsort()[:k - int(chosen.sum())])] = True
+    return flat_nonzero(chosen)
 
 
 def _check_finite(tensors, step: int, what: str) -> None:
@@ -277,9 +283,10 @@ class SparseEngine:
                             self._last_update())
         orders = self.method.prune(ctx)
         prune_pos = []
-        for st, (scores, k) in zip(states, orders, strict=True):
+        for st, order in zip(states, orders, strict=True):
+            scores, k, below = Prune(*order)
             k = max(0, min(int(k), st.n_active - 1))
-            prune_pos.append(select(scores, k, st.active))
+            prune_pos.append(select(scores, k, st.active, below=below))
         pruned = [int(p.numel()) for p in prune_pos]
         plan = self.method.grow(ctx, pruned)
         regrow = self.method.regrow_pruned

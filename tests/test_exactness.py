@@ -37,6 +37,22 @@ def test_select_largest_breaks_ties_by_position_and_rejects_nan():
         select(torch.tensor([1.0, float("nan"), 0.5]), 1)
 
 
+def test_select_at_a_threshold_trusts_it_only_when_it_cuts_at_k():
+    scores = torch.tensor([0.5, 0.1, 0.3, 0.1, 0.9])
+    # exactly two scores under 0.2: they are the two lowest whatever the flat indices
+    assert select(scores, 2, torch.tensor([0, 9, 1, 8, 2]), below=0.2).tolist() == [1, 3]
+    # three under 0.25 (or none under 0.05) for k = 2: the threshold is ignored and the tie
+    # rule picks 0.1 and, of the two 0.2s, the one at flat index 1 (position 2), not both
+    ties, flat = torch.tensor([0.2, 0.1, 0.2, 0.3]), torch.tensor([5, 0, 1, 2])
+    assert select(ties, 2, flat, below=0.25).tolist() == [1, 2]
+    assert select(ties, 2, flat, below=0.05).tolist() == [1, 2]
+    # large enough for the native index pass: the positions under the threshold, ascending
+    s = torch.rand(50_000, generator=torch.Generator().manual_seed(0))
+    k = int((s < 0.1).sum())
+    assert torch.equal(select(s, k, below=0.1), (s < 0.1).nonzero().squeeze(1))
+    assert torch.equal(select(s, k), (s < 0.1).nonzero().squeeze(1))
+
+
 # ----------------------------------------------------------------------------- resume with ties
 def _quantize_after_step(opt):
     """Round every weight to a multiple of 1/16 after each step: few distinct magnitudes, and

@@ -153,3 +153,35 @@ def test_the_cpu_id_names_vendor_model_and_flags():
         x86 = "vendor_id" in f.read()
     if x86:
         assert "vendor_id: " in cpu and "model name: " in cpu and "flags: " in cpu
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2])
+def test_flat_nonzero_finds_set_bytes_across_chunk_edges(threads):
+    n = 5 * 65536 + 7  # six chunks of 64 Ki bytes: the parallel path and a short last chunk
+    mask = torch.zeros(n, dtype=torch.bool)
+    where = [0, 65535, 65536, 131071, 4 * 65536 + 3, n - 1]
+    mask[where] = True
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert native.flat_nonzero(mask).tolist() == where
+        mask[n - 1] = False  # trailing zeros after a chunk's last set byte
+        assert native.flat_nonzero(mask).tolist() == where[:-1]
+        assert native.flat_nonzero(torch.zeros(n, dtype=torch.bool)).numel() == 0
+        assert native.flat_nonzero(torch.ones(n, dtype=torch.bool)).tolist() == list(range(n))
+        g = torch.Generator().manual_seed(0)
+        for density in (0.001, 0.1, 0.5, 0.97):
+            m = torch.rand(n, generator=g) < density
+            assert torch.equal(native.flat_nonzero(m), m.nonzero().squeeze(1))
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_flat_nonzero_is_row_major_for_any_layout_and_dtype():
+    mask = torch.zeros(8, 16, 8, 8, dtype=torch.bool)  # 8192 entries: above the native cut-off
+    mask[0, 0, 0, 1] = mask[3, 5, 2, 7] = mask[7, 15, 7, 7] = True
+    expect = [1, 3 * 1024 + 5 * 64 + 2 * 8 + 7, 8191]
+    assert native.flat_nonzero(mask.to(memory_format=torch.channels_last)).tolist() == expect
+    assert native.flat_nonzero(mask).tolist() == expect
+    assert native.flat_nonzero(mask[:1, :1]).tolist() == [1]  # small: torch's nonzero

@@ -9,6 +9,9 @@
  *   dst_sddmm: out[o(k)] = sum_b <A[b][row(k)], B[b][col(k)]>  (A @ B^T sampled at S's pattern;
  *              o(k) = operm[k] or k: the gradient is written in the caller's values order)
  *
+ * and two helpers of the dense format: dst_mask_zero (a gradient kept at the active weights) and
+ * dst_flat_nonzero (the active set of a mask, for the engine's updates).
+ *
  * With an offset array, entry k reads B's row col[k] starting off[k] elements later (or earlier):
  * a k x k convolution on zero-padded, row-flattened feature maps is then the same SpMM, with
  * col = input channel and off = kh * padded_width + kw (see dst/kernels/conv.py).
@@ -16,6 +19,7 @@
  * Threads come from OpenMP; a process that has loaded torch shares torch's libgomp (same soname).
  */
 #include <stdint.h>
+#include <stdlib.h>
 
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4))); /* unaligned access */
@@ -174,4 +178,51 @@ void dst_mask_zero(int64_t n, float *g, const uint8_t *mask, int nthreads) {
         for (int64_t i = c; i < hi; ++i)
             g[i] = mask[i] ? g[i] : 0.0f;
     }
+}
+
+/* The flat indices of the non-zero bytes of mask[0:n], ascending, into out (room for cap);
+ * returns the count (only counts when out is NULL; -1 - count when cap is too small). Fixed
+ * chunks of 64 Ki bytes are counted, then each writes from its prefix offset, so the output
+ * never depends on the thread count. */
+int64_t dst_flat_nonzero(int64_t n, const uint8_t *mask, int64_t *out, int64_t cap,
+                         int nthreads) {
+    const int64_t chunk = 65536;
+    const int64_t nchunks = (n + chunk - 1) / chunk;
+    int64_t *base = (int64_t *)malloc((size_t)(nchunks + 1) * sizeof(int64_t));
+    if (!base)
+        return -1;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunks > 4)
+    for (int64_t c = 0; c < nchunks; ++c) {
+        const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        int64_t count = 0;
+        for (int64_t i = lo; i < hi; ++i)
+            count += mask[i] != 0;
+        base[c + 1] = count;
+    }
+    base[0] = 0;
+    for (int64_t c = 0; c < nchunks; ++c)
+        base[c + 1] += base[c];
+    const int64_t total = base[nchunks];
+    if (!out) {
+        free(base);
+        return total;
+    }
+    if (total > cap) {
+        free(base);
+        return -1 - total;
+    }
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunks > 4)
+    for (int64_t c = 0; c < nchunks; ++c) {
+        const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        int64_t j = base[c], last = hi - 1;
+        while (last >= lo && !mask[last])
+            --last;
+        /* branch-free up to the chunk's last set byte, so j never passes the chunk's range */
+        for (int64_t i = lo; i <= last; ++i) {
+            out[j] = i;
+            j += mask[i] != 0;
+        }
+    }
+    free(base);
+    return total;
 }

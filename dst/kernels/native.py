@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NativeBuildError", "available", "build", "cache_dir", "mask_zero_", "sddmm", "spmm",
-           "usable"]
+__all__ = ["NativeBuildError", "available", "build", "cache_dir", "flat_nonzero", "mask_zero_",
+           "sddmm", "spmm", "usable"]
 
 SOURCE = Path(__file__).with_name("_native.c")
 FLAG_SETS = (
@@ -124,6 +124,8 @@ def _library() -> ctypes.CDLL | None:
                               _I64, _I64, _PTR, _INT]
     lib.dst_mask_zero.argtypes = [_I64, _PTR, _PTR, _INT]
     lib.dst_spmm.restype = lib.dst_sddmm.restype = lib.dst_mask_zero.restype = None
+    lib.dst_flat_nonzero.argtypes = [_I64, _PTR, _PTR, _I64, _INT]
+    lib.dst_flat_nonzero.restype = _I64
     return lib
 
 
@@ -217,3 +219,20 @@ def mask_zero_(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
                                  torch.get_num_threads())
         return g
     return g.mul_(mask)
+
+
+def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """The flat (row-major) indices of the True entries of a bool ``mask``, ascending (int64):
+    ``mask.reshape(-1).nonzero().squeeze(1)``, natively for CPU masks (a counting and a
+    writing pass over fixed chunks; 2-6x faster than ``torch.nonzero`` on one core)."""
+    if not (mask.dtype == torch.bool and mask.device.type == "cpu" and mask.numel() >= 4096
+            and available()):
+        return mask.reshape(-1).view(torch.uint8).nonzero().squeeze(1)
+    mask = mask.contiguous()  # row-major (a channels_last conv mask is copied: 1 byte each)
+    lib, n, threads = _library(), mask.numel(), torch.get_num_threads()
+    count = lib.dst_flat_nonzero(n, mask.data_ptr(), None, 0, threads)
+    out = torch.empty(count, dtype=torch.int64)
+    written = lib.dst_flat_nonzero(n, mask.data_ptr(), out.data_ptr(), count, threads)
+    if written != count:  # the mask changed between the passes (another thread wrote it)
+        raise RuntimeError("flat_nonzero: the mask changed while it was read")
+    return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import ChannelState, GrowPlan, LayerState, Method, UpdateContext, fraction_count
+from .base import ChannelState, GrowPlan, LayerState, Method, Prune, UpdateContext, fraction_count
 from .dsr import DSR
 from .dsr_structured import DSRStructured
 from .gmp import GMP
@@ -39,5 +39,5 @@ def build_method(name: str, **kwargs) -> Method:
 
 
 __all__ = ["DSR", "GMP", "METHODS", "ChannelState", "DSRStructured", "GrowPlan", "LayerState",
-           "Method", "RigL", "SET", "SNFS", "Static", "UpdateContext", "build_method",
+           "Method", "Prune", "RigL", "SET", "SNFS", "Static", "UpdateContext", "build_method",
            "fraction_count", "register"]

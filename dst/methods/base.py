@@ -4,7 +4,9 @@ One signature per role:
 
 * ``prune(ctx) -> list[(scores, count)]``: per layer, a score for each *active* weight (aligned
   with ``LayerState.active``; lowest pruned first) and how many to prune. The engine clips the
-  count so a layer keeps at least one weight.
+  count so a layer keeps at least one weight. A method that pruned by a threshold may return
+  :class:`Prune` ``(scores, count, below)``: exactly the scores under ``below`` are the ``count``
+  lowest, which spares the engine the selection (checked; it selects as usual otherwise).
 * ``grow(ctx, pruned) -> GrowPlan``: per layer, a score over *all* positions (highest grown
   first) or ``None`` for uniform random growth; and optionally per-layer ``weights`` to share the
   pruned total across layers in proportion (reallocating methods). Without weights each layer
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from torch import Tensor, nn
 
@@ -73,6 +76,16 @@ class ChannelState:
         return int(self.kept.numel())
 
 
+class Prune(NamedTuple):
+    """One layer's prune order: the ``count`` lowest ``scores`` go. ``below``, if given, is the
+    method's threshold: the scores under it are exactly those ``count`` (then no tie can reach
+    the cut, and the engine selects them with one comparison instead of a k-th value)."""
+
+    scores: Tensor
+    count: int
+    below: float | None = None
+
+
 @dataclass
 class GrowPlan:
     scores: list[Tensor | None]
@@ -100,7 +113,7 @@ class Method(ABC):
         """Per-step hook (only called when ``dense_grad == "always"``); default: nothing."""
 
     @abstractmethod
-    def prune(self, ctx: UpdateContext) -> list[tuple[Tensor, int]]:
+    def prune(self, ctx: UpdateContext) -> list[tuple[Tensor, int] | Prune]:
         """Per layer: (a score for each active weight, how many of the lowest to prune)."""
 
     def grow(self, ctx: UpdateContext, pruned: list[int]) -> GrowPlan:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .._checks import check_fraction
-from .base import GrowPlan, Method, UpdateContext
+from .base import GrowPlan, Method, Prune, UpdateContext
 
 
 class DSR(Method):
@@ -49,8 +49,8 @@ class DSR(Method):
         for st in ctx.layers:
             mag = st.values.abs()
             k = min(int((mag < h).sum()), st.n_active - 1)
-            orders.append((mag, k))
-        pruned = sum(k for _, k in orders)
+            orders.append(Prune(mag, k, h))
+        pruned = sum(o.count for o in orders)
         n_p = self.target_count(ctx.budget)
         if pruned > (1 + self.tolerance) * n_p:
             self.threshold = h / 2

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..kernels.native import mask_zero_
 from ..kernels.structure import CSRStructure
 from .base import Change, Storage
-from .flat import flat_fill_, flat_get
+from .flat import flat_fill_, flat_get, flat_nonzero
 
 
 def _capture_hook(storage_ref, grad: Tensor) -> None:
@@ -89,7 +89,7 @@ class DenseStorage(Storage):
         depends on the history of the cache."""
         key = self.csr_key()
         if self._active is None or self._active[0] != key:
-            self._active = (key, self.mask.reshape(-1).view(torch.uint8).nonzero().squeeze(1))
+            self._active = (key, flat_nonzero(self.mask))
         return self._active[1]
 
     def active_values(self, indices: Tensor | None = None) -> Tensor:
@@ -167,10 +167,10 @@ class DenseStorage(Storage):
         for ch in changes:
             pruned = ch.active.index_select(0, ch.prune_pos)
             grown = ch.grown.to(pruned.device)
+            changed = torch.cat([pruned, grown])
             with torch.no_grad():
                 flat_fill_(self.mask, pruned, False)
                 flat_fill_(self.mask, grown, True)
-                flat_fill_(self.layer.weight, pruned, 0.0)
-                flat_fill_(self.layer.weight, grown, 0.0)
-            zero_state_(optimizer, self.layer.weight, torch.cat([pruned, grown]))
+                flat_fill_(self.layer.weight, changed, 0.0)
+            zero_state_(optimizer, self.layer.weight, changed)
             # the mask changed in place: the active indices are rebuilt from it on next use

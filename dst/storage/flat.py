@@ -7,6 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..kernels.native import flat_nonzero
+
+__all__ = ["flat_fill_", "flat_get", "flat_nonzero", "index_dtype", "materialize"]
+
 
 def flat_get(t: Tensor, idx: Tensor) -> Tensor:
     """``t.flatten()[idx]`` in logical (row-major) order, for any memory format."""
