@@ -204,6 +204,14 @@ MUTATIONS = [
       "key = ties if flat is None else flat.index_select(0, ties)", "key = ties",
       ("tests/test_exactness.py",), "ties at the cut broken by position in the cache, not by "
       "flat index: a resumed run prunes other weights"),
+    M("threshold_trusted_unchecked", "dst/engine.py",
+      "        if int(chosen.sum()) == k:\n", "        if True:\n",
+      ("tests/test_exactness.py", RULES), "a method's threshold taken as the cut without "
+      "checking that exactly k scores lie under it"),
+    M("native_nonzero_skips_chunk_tail", "dst/kernels/_native.c",
+      "        for (int64_t i = lo; i <= last; ++i) {",
+      "        for (int64_t i = lo; i < last; ++i) {",
+      ("tests/test_native.py",), "the native index pass drops each chunk's last set byte"),
     M("skipped_step_not_noticed", "dst/engine.py",
       "return self._hook is None or self._optimizer_steps != self._steps_seen", "return True",
       ("tests/test_exactness.py",), "an fp16 overflow (skipped optimizer step) still updates"),
