@@ -10,10 +10,10 @@ from torch import Tensor, nn
 
 from . import rng
 from ._checks import DISTRIBUTIONS, FORMATS, check_choice, check_density
-from .distributions import layer_counts
+from .distributions import layer_counts, random_mask
 from .kernels.backends import BACKENDS, csr_eligible
-from .layers import SPARSE_LAYERS, SparseConv2d, SparseLinear, random_mask
-from .storage import SparseBank, set_masks
+from .layers import SPARSE_LAYERS, SparseConv2d, SparseLinear
+from .storage import SparseBank, check_mask, set_masks
 
 FilterFn = Callable[[str, nn.Module], bool]
 BANK_NAME = "dst_bank"
@@ -96,8 +96,8 @@ def set_masks_(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
     unknown = sorted(set(masks) - set(layers))
     if unknown:
         raise ValueError(f"no sparse layer named {unknown}; sparse layers: {sorted(layers)}")
-    checked = {layers[n]: layers[n]._check_mask(m.to(layers[n].active_indices().device),
-                                                layers[n].weight_shape)
+    checked = {layers[n]: check_mask(m.to(layers[n].active_indices().device),
+                                     layers[n].weight_shape)
                for n, m in masks.items()}
     set_masks(checked)
 

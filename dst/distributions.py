@@ -5,7 +5,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
+from torch import Tensor
+
 from ._checks import DISTRIBUTIONS, check_choice, check_density
+
+
+def random_mask(shape, count: int, generator: torch.Generator | None = None,
+                device=None) -> Tensor:
+    """A bool tensor of ``shape`` with exactly ``count`` True entries at uniformly random places."""
+    numel = math.prod(shape)
+    idx = torch.randperm(numel, generator=generator)[:count]
+    mask = torch.zeros(numel, dtype=torch.bool)
+    mask[idx] = True
+    return mask.view(*shape).to(device)
 
 
 def budget_for(density: float, sizes: Sequence[int]) -> int:

@@ -208,7 +208,7 @@ class SparseEngine:
         mode = self.method.dense_grad
         on = mode == "always" or (mode == "update" and self.is_update_step(next_step))
         for _, m in self.layers:
-            m._capture_grad = on
+            m.capture_grad = on
 
     def _dense_grads(self) -> list[Tensor | None]:
         grads = [m.pop_dense_grad() for _, m in self.layers]

@@ -2,8 +2,9 @@
 
 Each subclasses the torch layer it replaces, keeps its constructor and adds keyword-only
 ``density``, ``format`` and ``backend``. A layer holds one storage object (``layer.storage``,
-see :mod:`dst.storage`) that owns its values and active set; the layer delegates to it. Only
-:class:`dst.SparseEngine` (or an explicit ``set_mask_``) changes the active set.
+see :mod:`dst.storage`) that owns its values and active set, and delegates to it; the kernels
+are chosen by :mod:`dst.kernels.backends`. Only :class:`dst.SparseEngine` (or an explicit
+``set_mask_``) changes the active set.
 """
 
 from __future__ import annotations
@@ -14,80 +15,51 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import FORMATS, check_choice, check_density
-from .distributions import budget_for
-from .kernels.backends import BACKENDS, choose, csr_eligible, csr_forward
-from .storage import KINDS, Storage
+from .distributions import budget_for, random_mask
+from .kernels import backends
+from .storage import KINDS, Storage, check_mask
 
-
-def random_mask(shape, count: int, generator: torch.Generator | None = None,
-                device=None) -> Tensor:
-    """A bool tensor of ``shape`` with exactly ``count`` True entries at uniformly random places."""
-    numel = math.prod(shape)
-    idx = torch.randperm(numel, generator=generator)[:count]
-    mask = torch.zeros(numel, dtype=torch.bool)
-    mask[idx] = True
-    return mask.view(*shape).to(device)
+__all__ = ["SPARSE_LAYERS", "SparseConv2d", "SparseLinear", "SparseMixin", "random_mask"]
 
 
 class SparseMixin:
     """What both sparse layers add to their torch twin (a storage, the backends, conversion)."""
 
-    _capture_grad: bool = False  # set by the engine while its method wants the full gradient
+    capture_grad: bool = False  # set while a method wants the full gradient (pop_dense_grad)
     storage: Storage
+    _torch_cls: type[nn.Module]  # the torch layer replaced, and its constructor's arguments
+    _init_args: tuple[str, ...]
 
     def _setup_sparse(self, density: float, format: str, mask: Tensor | None,
                       generator: torch.Generator | None, backend: str = "dense") -> None:
         density = check_density(density)
-        check_choice(format, FORMATS, "format")
+        self.format = check_choice(format, FORMATS, "format")
         self.set_backend(backend)
-        shape = tuple(self.weight.shape)
+        self.weight_shape = tuple(self.weight.shape)
         if mask is None:
-            mask = random_mask(shape, budget_for(density, [self.weight.numel()]), generator)
-        mask = self._check_mask(mask, shape)
-        self.format = format
-        self.weight_shape = shape
-        self._dense_grad: Tensor | None = None
-        self.storage = KINDS[format](self, mask)
+            mask = random_mask(self.weight_shape, budget_for(density, [self.weight.numel()]),
+                               generator)
+        KINDS[format](self, check_mask(mask, self.weight_shape))
 
     def set_backend(self, backend: str) -> None:
         """``"dense"`` (the dense kernels), ``"csr"`` (sparse kernels: Linear, 1x1 convs, and
         stride-1 k x k convs on CPU; groups=1, no dilation, zero padding) or ``"auto"`` (timed
         per layer on the real input; CSR only where >= 15 % faster)."""
-        check_choice(backend, BACKENDS, "backend")
-        if backend == "csr" and not csr_eligible(self):
-            raise ValueError("backend='csr' serves Linear layers and convs with groups=1, "
-                             "dilation 1 and zero padding that are 1x1 without padding or have "
-                             "stride 1; use 'auto' or 'dense' for this "
-                             f"{type(self).__name__} (kernel {getattr(self, 'kernel_size', '')}, "
-                             f"stride {getattr(self, 'stride', '')})")
-        self.backend = backend
+        self.backend = backends.check_backend(self, backend)
         self.backend_used = "dense"
 
-    @staticmethod
-    def _check_mask(mask: Tensor, shape) -> Tensor:
-        if tuple(mask.shape) != tuple(shape):
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not match weight {shape}")
-        mask = mask.to(torch.bool)
-        if not bool(mask.any()):
-            raise ValueError("a sparse layer needs at least one active weight; the mask is empty")
-        return mask
+    def forward(self, x: Tensor) -> Tensor:
+        return backends.run(self, x)
 
-    # -- the public view (the storage's) ------------------------------------------------------
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            storage = self.__dict__.get("storage")
-            if storage is None:
+            if "storage" not in self.__dict__:
                 raise
-            if name == "mask":  # a compact storage derives it on demand
-                return storage.mask
-            if name == "weight":
-                raise AttributeError(
-                    "a compact-format sparse layer keeps no dense `weight`; use "
-                    "layer.dense_weight(), layer.active_values() or layer.to_dense()") from None
-            raise
+        return self.storage.layer_attribute(name)  # e.g. a compact layer's mask
 
+    # -- the public view (the storage's) ------------------------------------------------------
     @property
     def n_active(self) -> int:
         return self.storage.n_active
@@ -101,8 +73,8 @@ class SparseMixin:
         return self.n_active / self.numel_dense
 
     def active_indices(self) -> Tensor:
-        """Flat (row-major) indices of the active weights, unique (dense format: in flat
-        order; compact: in bank slot order)."""
+        """Flat (row-major) indices of the active weights, unique (dense format: ascending;
+        compact: in bank slot order)."""
         return self.storage.active_indices()
 
     def active_values(self, indices: Tensor | None = None) -> Tensor:
@@ -116,18 +88,12 @@ class SparseMixin:
 
     def set_mask_(self, mask: Tensor) -> None:
         """Replace the active set. Kept positions keep their values, new ones start at 0."""
-        mask = self._check_mask(mask.to(self.active_indices().device), self.weight_shape)
-        self.storage.set_mask_(mask)
-
-    # -- dense-gradient capture (for methods growing by gradient or momentum) -----------------
-    def _store_dense_grad(self, g: Tensor) -> None:
-        g = g.detach().reshape(-1).float()
-        self._dense_grad = g.clone() if self._dense_grad is None else self._dense_grad + g
+        device = self.active_indices().device
+        self.storage.set_mask_(check_mask(mask.to(device), self.weight_shape))
 
     def pop_dense_grad(self) -> Tensor | None:
         """The gradient w.r.t. the full weight captured since the last call (flat), or None."""
-        g, self._dense_grad = self._dense_grad, None
-        return g
+        return self.storage.pop_dense_grad()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         hook = getattr(self.storage, "load_state_dict_pre", None)
@@ -137,16 +103,18 @@ class SparseMixin:
 
     def reset_parameters(self) -> None:
         storage = self.__dict__.get("storage")
-        if storage is None or not hasattr(storage, "reset_parameters"):
-            super().reset_parameters()
-            if storage is not None:
-                storage.set_mask_(storage.mask)  # inactive weights back to zero
-            return
+        if storage is None:  # torch's __init__, before the storage exists
+            return super().reset_parameters()
         storage.reset_parameters()
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, density={self.density:.4f}, "
                 f"n_active={self.n_active}, format={self.format}, backend={self.backend}")
+
+    # -- conversion ---------------------------------------------------------------------------
+    @classmethod
+    def _kwargs_of(cls, m: nn.Module) -> dict:
+        return {**{k: getattr(m, k) for k in cls._init_args}, "bias": m.bias is not None}
 
     def to_dense(self) -> nn.Module:
         """A plain torch layer with the same outputs (inactive weights are zeros)."""
@@ -174,20 +142,14 @@ class SparseMixin:
         probe._setup_sparse(density, format, mask, generator, backend)
         return probe
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.backend == "dense":
-            return self._dense_forward(x)
-        used = "dense" if self._capture_grad else choose(self, x)
-        self.backend_used = used  # counted per mode for the run summary (csr / auto layers)
-        mode = "train" if torch.is_grad_enabled() else "no_grad"
-        calls = self.__dict__.setdefault("backend_calls", {}).setdefault(mode, {})
-        calls[used] = calls.get(used, 0) + 1
-        return csr_forward(self, x) if used == "csr" else self._dense_forward(x)
-
 
 class SparseConv2d(SparseMixin, nn.Conv2d):
     """``nn.Conv2d`` with a fixed budget of active weights. Grouped, depthwise, dilated and
     non-zero padding modes work as in torch."""
+
+    _torch_cls = nn.Conv2d
+    _init_args = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                  "groups", "padding_mode")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", device=None, dtype=None, *,
@@ -197,15 +159,6 @@ class SparseConv2d(SparseMixin, nn.Conv2d):
                          groups, bias, padding_mode, device, dtype)
         self._setup_sparse(density, format, mask, generator, backend)
 
-    _torch_cls = nn.Conv2d
-
-    @staticmethod
-    def _kwargs_of(m: nn.Conv2d) -> dict:
-        return dict(in_channels=m.in_channels, out_channels=m.out_channels,
-                    kernel_size=m.kernel_size, stride=m.stride, padding=m.padding,
-                    dilation=m.dilation, groups=m.groups, bias=m.bias is not None,
-                    padding_mode=m.padding_mode)
-
     def _dense_forward(self, x: Tensor) -> Tensor:
         return self.storage.conv2d(x)
 
@@ -213,18 +166,14 @@ class SparseConv2d(SparseMixin, nn.Conv2d):
 class SparseLinear(SparseMixin, nn.Linear):
     """``nn.Linear`` with a fixed budget of active weights."""
 
+    _torch_cls = nn.Linear
+    _init_args = ("in_features", "out_features")
+
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
                  density: float = 1.0, format: str = "dense", mask: Tensor | None = None,
                  generator: torch.Generator | None = None, backend: str = "dense"):
         super().__init__(in_features, out_features, bias, device, dtype)
         self._setup_sparse(density, format, mask, generator, backend)
-
-    _torch_cls = nn.Linear
-
-    @staticmethod
-    def _kwargs_of(m: nn.Linear) -> dict:
-        return dict(in_features=m.in_features, out_features=m.out_features,
-                    bias=m.bias is not None)
 
     def _dense_forward(self, x: Tensor) -> Tensor:
         return self.storage.linear(x)

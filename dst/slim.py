@@ -152,7 +152,7 @@ def cut_param_(param: Tensor, dim: int, keep: Tensor, optimizer=None) -> None:
 def _forget_caches(layer: nn.Module) -> None:
     for key in ("_csr_cache", "_conv_plans", "_tuned"):
         layer.__dict__.pop(key, None)
-    layer._dense_grad = None
+    layer.storage.dense_grad = None  # a captured full-size gradient of the old shape
 
 
 def _cut_layer_(layer: nn.Module, dim: int, keep: Tensor, optimizer) -> None:

@@ -174,9 +174,9 @@ def test_engine_updates_rebuild_the_csr_structure(fmt):
 
 def test_rigl_update_steps_use_the_dense_path_for_gradients():
     layer = dst.SparseLinear(16, 8, density=0.5, backend="csr")
-    layer._capture_grad = True
+    layer.capture_grad = True
     layer(torch.randn(3, 16)).sum().backward()
-    assert layer.backend_used == "dense" or layer._dense_grad is not None
+    assert layer.backend_used == "dense" or layer.storage.dense_grad is not None
     assert layer.pop_dense_grad().numel() == 16 * 8
 
 

@@ -47,10 +47,10 @@ def test_rigl_computes_dense_gradients_only_on_update_steps():
     layers = [m for _, m in dst.sparse_layers(model)]
     armed = []
     for t in range(10):
-        armed.append(layers[0]._capture_grad)
+        armed.append(layers[0].capture_grad)
         train_steps(model, opt, engine, t, 1)
     assert armed == [t + 1 in (5, 10) for t in range(10)]
-    assert all(m._dense_grad is None for m in layers)  # consumed
+    assert all(m.storage.dense_grad is None for m in layers)  # consumed
 
 
 @pytest.mark.parametrize("fmt", ["dense", "compact"])
@@ -61,13 +61,13 @@ def test_rigl_grows_where_the_gradient_is_largest(fmt):
     engine = dst.SparseEngine(model, None, RigL(0.3, decay="constant"), update_every=1)
     layer = dst.sparse_layers(model)[-1][1]
     seen = {}
-    orig = layer._store_dense_grad
+    orig = layer.storage.keep_grad
 
     def spy(g):
         seen["g"] = g.detach().reshape(-1).clone()
         orig(g)
 
-    layer._store_dense_grad = spy
+    layer.storage.keep_grad = spy
     before = layer.mask.clone().reshape(-1)
     w = layer.dense_weight().reshape(-1).clone()
     x, y = batch(0)

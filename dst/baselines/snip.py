@@ -83,13 +83,13 @@ def snip_saliency(model: nn.Module, batches: Iterable, *,
     if device is None:
         device = next(model.parameters()).device
     saved = {n: b.detach().clone() for n, b in model.named_buffers()}
-    flags = [m._capture_grad for _, m in layers]
+    flags = [m.capture_grad for _, m in layers]
     was_training = model.training
     try:
         model.train()
         for _, m in layers:
             m.pop_dense_grad()  # drop anything captured before
-            m._capture_grad = True
+            m.capture_grad = True
         for x, y in batches:
             model.zero_grad(set_to_none=True)
             loss_fn(model(x.to(device)), y.to(device)).backward()
@@ -100,7 +100,7 @@ def snip_saliency(model: nn.Module, batches: Iterable, *,
                     dist.all_reduce(g)
     finally:
         for (_, m), flag in zip(layers, flags, strict=True):
-            m._capture_grad = flag
+            m.capture_grad = flag
         model.train(was_training)
         model.zero_grad(set_to_none=True)
         with torch.no_grad():

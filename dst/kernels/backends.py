@@ -13,6 +13,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_choice
 from . import conv
 from .csr import CSRStructure, csr_conv1x1, csr_linear
 
@@ -179,3 +180,28 @@ def choose(layer, x: Tensor) -> str:
              "csr_ms": round(t_csr * 1e3, 3), "pick": pick})
     tuned[key] = (density, pick, t_dense, t_csr)
     return pick
+
+
+def check_backend(layer, backend: str) -> str:
+    """``backend`` after checking it is known and, for ``"csr"``, that the layer is eligible."""
+    check_choice(backend, BACKENDS, "backend")
+    if backend == "csr" and not csr_eligible(layer):
+        raise ValueError("backend='csr' serves Linear layers and convs with groups=1, "
+                         "dilation 1 and zero padding that are 1x1 without padding or have "
+                         "stride 1; use 'auto' or 'dense' for this "
+                         f"{type(layer).__name__} (kernel {getattr(layer, 'kernel_size', '')}, "
+                         f"stride {getattr(layer, 'stride', '')})")
+    return backend
+
+
+def run(layer, x: Tensor) -> Tensor:
+    """A sparse layer's forward on its backend (``"csr"``/``"auto"`` layers record the kernel
+    used per call and mode in ``backend_used`` / ``backend_calls`` for the run summary)."""
+    if layer.backend == "dense":
+        return layer._dense_forward(x)
+    used = "dense" if layer.capture_grad else choose(layer, x)
+    layer.backend_used = used
+    mode = "train" if torch.is_grad_enabled() else "no_grad"
+    calls = layer.__dict__.setdefault("backend_calls", {}).setdefault(mode, {})
+    calls[used] = calls.get(used, 0) + 1
+    return csr_forward(layer, x) if used == "csr" else layer._dense_forward(x)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .bank import SparseBank
-from .base import Change, Storage
+from .base import Change, Storage, check_mask
 from .compact import CompactStorage, compact_conv2d, compact_linear
 from .dense import DenseStorage, zero_state_
 from .flat import flat_fill_, flat_get, index_dtype, materialize
@@ -42,5 +42,6 @@ def set_masks(masks: dict) -> None:
 
 
 __all__ = ["KINDS", "Change", "CompactStorage", "DenseStorage", "SparseBank", "Storage",
+           "check_mask",
            "commit", "compact_conv2d", "compact_linear", "flat_fill_", "flat_get", "index_dtype",
            "materialize", "set_masks", "zero_state_"]

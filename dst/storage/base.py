@@ -12,6 +12,16 @@ from torch import Tensor, nn
 from .flat import flat_get
 
 
+def check_mask(mask: Tensor, shape) -> Tensor:
+    """``mask`` as bool, after checking it fits a weight of ``shape`` and is not empty."""
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match weight {tuple(shape)}")
+    mask = mask.to(torch.bool)
+    if not bool(mask.any()):
+        raise ValueError("a sparse layer needs at least one active weight; the mask is empty")
+    return mask
+
+
 @dataclass
 class Change:
     """One layer's edit: ``active`` the flat indices before, ``prune_pos`` positions
@@ -35,7 +45,23 @@ class Storage(ABC):
 
     def __init__(self, layer: nn.Module):
         self.layer = layer
+        self.dense_grad: Tensor | None = None  # captured while ``layer.capture_grad`` is set
         layer.storage = self
+
+    # -- dense-gradient capture (methods growing by gradient or momentum) --------------------
+    def keep_grad(self, g: Tensor) -> None:
+        """Add a gradient w.r.t. the full weight to the captured one (flat, float32)."""
+        g = g.detach().reshape(-1).float()
+        self.dense_grad = g.clone() if self.dense_grad is None else self.dense_grad + g
+
+    def pop_dense_grad(self) -> Tensor | None:
+        g, self.dense_grad = self.dense_grad, None
+        return g
+
+    def reset_parameters(self) -> None:
+        """Torch's init law for the layer's values (inactive weights stay zero)."""
+        self.layer._torch_cls.reset_parameters(self.layer)
+        self.set_mask_(self.mask)
 
     # -- the view -----------------------------------------------------------------------------
     @property
@@ -63,6 +89,10 @@ class Storage(ABC):
     @abstractmethod
     def dense_weight(self) -> Tensor:
         """The full weight with zeros at inactive positions (detached)."""
+
+    def layer_attribute(self, name: str):
+        """An attribute the layer lacks, answered by its storage (or AttributeError)."""
+        raise AttributeError(f"{type(self.layer).__name__!r} object has no attribute {name!r}")
 
     @abstractmethod
     def set_mask_(self, mask: Tensor) -> None:

@@ -218,6 +218,15 @@ class CompactStorage(Storage):
     def dense_weight(self) -> Tensor:
         return materialize(self.active_values().detach(), self.indices, self.layer.weight_shape)
 
+    def layer_attribute(self, name: str):
+        if name == "mask":  # derived on demand
+            return self.mask
+        if name == "weight":
+            raise AttributeError(
+                "a compact-format sparse layer keeps no dense `weight`; use "
+                "layer.dense_weight(), layer.active_values() or layer.to_dense()")
+        return super().layer_attribute(name)
+
     def set_mask_(self, mask: Tensor) -> None:
         """A layer sharing its bank must keep its active count (use :func:`dst.set_masks_`
         on the whole model before building the optimizer instead)."""
@@ -275,7 +284,7 @@ class CompactStorage(Storage):
 
     # -- compute ------------------------------------------------------------------------------
     def _capture(self):
-        return self.layer._store_dense_grad if self.layer._capture_grad else None
+        return self.keep_grad if self.layer.capture_grad else None
 
     def linear(self, x: Tensor) -> Tensor:
         layer = self.layer

@@ -24,8 +24,8 @@ from .flat import flat_fill_, flat_get, flat_nonzero
 
 def _capture_hook(storage_ref, grad: Tensor) -> None:
     st = storage_ref()
-    if st is not None and st.layer._capture_grad:
-        st.layer._store_dense_grad(grad)
+    if st is not None and st.layer.capture_grad:
+        st.keep_grad(grad)
 
 
 def _zero_inactive_grad(storage_ref, weight: Tensor) -> None:
@@ -120,7 +120,7 @@ class DenseStorage(Storage):
             me = weakref.ref(self)
             w.register_post_accumulate_grad_hook(functools.partial(_zero_inactive_grad, me))
             self._hooks = [weakref.ref(w), None]
-        capture = self.layer._capture_grad
+        capture = self.layer.capture_grad
         if capture and self._hooks[1] is None:
             self._hooks[1] = w.register_hook(functools.partial(_capture_hook,
                                                                weakref.ref(self)))
