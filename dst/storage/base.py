@@ -134,9 +134,9 @@ class Storage(ABC):
         """Flat bool of positions growth may not use: the active ones, except the positions of
         ``active`` listed in ``unblock`` (just pruned ones that may be regrown)."""
         b = torch.zeros(self.layer.numel_dense, dtype=torch.bool, device=active.device)
-        b[active] = True
+        b.index_fill_(0, active.long(), True)
         if unblock is not None and unblock.numel():
-            b[active.index_select(0, unblock)] = False
+            b.index_fill_(0, active.index_select(0, unblock).long(), False)
         return b
 
     def cut_(self, dim: int, keep: Tensor, optimizer=None) -> None:
