@@ -15,7 +15,7 @@ from .methods.base import ChannelState, LayerState, Method, Prune, UpdateContext
 from .schedules import PeriodSchedule, as_schedule
 from .slim import KEPT, attach_, channel_active, find_channel_groups, slim_
 from .storage import Change, commit
-from .storage.flat import flat_nonzero
+from .storage.flat import all_finite, flat_nonzero
 
 _RESIDUE_LAYER = -1  # rng key for the allocation's random residue
 
@@ -34,7 +34,7 @@ def select(scores: Tensor, k: int, flat: Tensor | None = None, *,
         return torch.empty(0, dtype=torch.long, device=scores.device)
     if k >= n:
         return torch.arange(n, device=scores.device)
-    if bool(torch.isnan(scores).any()):
+    if bool(scores.max().isnan()):  # NaN propagates through max; one pass, no temporary
         raise FloatingPointError("a sparsity score is NaN: the weights or gradients are not "
                                  "finite (the loss diverged); lower the learning rate")
     if below is not None and not largest:
@@ -54,7 +54,7 @@ def select(scores: Tensor, k: int, flat: Tensor | None = None, *,
 
 def _check_finite(tensors, step: int, what: str) -> None:
     for t in tensors:
-        if t is not None and not bool(torch.isfinite(t).all()):
+        if t is not None and not all_finite(t):
             raise FloatingPointError(
                 f"a {what} of a sparse layer is not finite at optimizer step {step}: training "
                 "diverged (NaN/inf loss). Lower the learning rate; with fp16 AMP use a "

@@ -37,6 +37,19 @@ def test_select_largest_breaks_ties_by_position_and_rejects_nan():
         select(torch.tensor([1.0, float("nan"), 0.5]), 1)
 
 
+def test_all_finite_sees_nan_and_both_infinities_anywhere():
+    from dst.storage.flat import all_finite
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        x = torch.linspace(-3, 3, 5000, dtype=dtype)
+        assert all_finite(x) and all_finite(x[:0])
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            for at in (0, 2500, 4999):
+                y = x.clone()
+                y[at] = bad
+                assert not all_finite(y), (dtype, bad, at)
+    assert not all_finite(torch.tensor([[1.0, 2.0], [3.0, float("nan")]]).t())
+
+
 def test_select_at_a_threshold_trusts_it_only_when_it_cuts_at_k():
     scores = torch.tensor([0.5, 0.1, 0.3, 0.1, 0.9])
     # exactly two scores under 0.2: they are the two lowest whatever the flat indices

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .._checks import check_density
 from ..convert import set_masks_, sparse_layers
 from ..distributions import budget_for
+from ..storage.flat import all_finite
 
 
 def require_full_density(model: nn.Module, who: str) -> list[tuple[str, nn.Module]]:
@@ -53,7 +54,7 @@ def global_top_k(scores: Sequence[Tensor], k: int) -> list[Tensor]:
                          f"entries: need {len(sizes)} <= k <= {sum(sizes)}")
     device = scores[0].device
     flat = torch.cat([s.detach().reshape(-1).float().to(device) for s in scores])
-    if not bool(torch.isfinite(flat).all()):
+    if not all_finite(flat):
         raise ValueError("scores hold NaN or inf (did the loss diverge?); cannot rank them")
     offsets = [0, *itertools.accumulate(sizes)][:-1]
     forced = torch.tensor([off + int(s.reshape(-1).float().argmax())

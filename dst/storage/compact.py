@@ -106,53 +106,65 @@ def compact_linear(x: Tensor, values: Tensor, bias: Tensor | None, indices: Tens
     return _CompactLinear.apply(x, values, bias, indices, tuple(shape), capture)
 
 
-def _repacked_layer(ch: Change, offset: int) -> tuple[Tensor, Tensor]:
-    """A compact layer's new indices and, per new slot, its old bank slot (-1: grown, zero).
-
-    Grown weights take the slots of pruned ones in place; surplus pruned slots are dropped and
-    surplus grown weights appended, so indices stay unique but are not kept sorted."""
-    n, k, g = ch.active.numel(), ch.prune_pos.numel(), ch.grown.numel()
+def _repacked_indices(ch: Change) -> Tensor:
+    """A compact layer's new indices: grown weights take the slots of pruned ones in place;
+    surplus pruned slots are dropped and surplus grown weights appended, so indices stay
+    unique but are not kept sorted."""
+    k, g = ch.prune_pos.numel(), ch.grown.numel()
     idx = ch.active.clone()
-    src = torch.arange(offset, offset + n, device=idx.device)
     grown = ch.grown.to(idx.device, idx.dtype)
     reuse = ch.prune_pos[: min(k, g)]
     idx[reuse] = grown[: reuse.numel()]
-    src[reuse] = -1
-    if k > g:  # drop the pruned slots nobody took
-        keep = torch.ones(n, dtype=torch.bool, device=idx.device)
-        keep[ch.prune_pos[g:]] = False
-        idx, src = idx[keep], src[keep]
-    elif g > k:
-        extra = grown[k:]
-        idx = torch.cat([idx, extra])
-        src = torch.cat([src, torch.full_like(extra, -1, dtype=src.dtype)])
-    return idx, src
+    if k > g:
+        return idx[_kept_slots(ch)]
+    return torch.cat([idx, grown[k:]]) if g > k else idx
+
+
+def _kept_slots(ch: Change) -> Tensor:
+    """Bool over a layer's slots: False at the pruned slots no grown weight takes."""
+    keep = torch.ones(ch.active.numel(), dtype=torch.bool, device=ch.active.device)
+    keep[ch.prune_pos[ch.grown.numel():]] = False
+    return keep
 
 
 def _commit_bank(bank: SparseBank, changes: dict[int, Change], optimizer) -> None:
-    """Re-pack the bank: every member's new indices and one gather of the values and of every
-    optimizer state tensor of the bank's shape (grown slots zero)."""
+    """Re-pack the bank in the layout of :func:`_repacked_indices`: the values and every
+    optimizer state tensor of the bank's shape are zeroed at the pruned slots (grown weights
+    start at 0 there), then, where a layer's count changed, rebuilt from contiguous pieces of
+    the old bank (dropped slots left out, zeros appended)."""
     offsets = bank.offsets()
-    srcs, new_indices = [], []
+    new_indices, zero_slots, pieces, moved = [], [], [], False
     for slot, layer in enumerate(bank._members):
-        ch = changes.get(slot)
+        ch, start, n = changes.get(slot), offsets[slot], layer.indices.numel()
         if ch is None:
-            n = layer.indices.numel()
-            srcs.append(torch.arange(offsets[slot], offsets[slot] + n, device=layer.indices.device))
             new_indices.append(layer.indices)
-        else:
-            idx, src = _repacked_layer(ch, offsets[slot])
-            new_indices.append(idx)
-            srcs.append(src)
-    src = torch.cat(srcs).to(bank.values.device)
-    if src.numel() != bank.values.numel():
+            pieces.append((start, start + n))
+            continue
+        k, g = ch.prune_pos.numel(), ch.grown.numel()
+        new_indices.append(_repacked_indices(ch))
+        zero_slots.append(ch.prune_pos.to(bank.values.device) + start)
+        pieces.append((start, start + n, _kept_slots(ch) if k > g else None, max(0, g - k)))
+        moved |= k != g
+    size = sum(int(i.numel()) for i in new_indices)
+    if size != bank.values.numel():
         raise RuntimeError(f"re-pack changes the compact budget ({bank.values.numel()} -> "
-                           f"{src.numel()}); all layers of a bank must be updated together")
-    valid = src >= 0
-    gather = src.clamp(min=0)
+                           f"{size}); all layers of a bank must be updated together")
+    zero_slots = torch.cat(zero_slots) if zero_slots else None
 
     def repack_(t: Tensor) -> None:
-        t.copy_(t.index_select(0, gather).masked_fill_(~valid, 0))
+        if zero_slots is not None:
+            t.index_fill_(0, zero_slots, 0)
+        if not moved:
+            return
+        parts = []
+        for start, stop, *change in pieces:
+            part = t[start:stop]
+            if change and change[0] is not None:
+                part = part[change[0].to(t.device)]
+            parts.append(part)
+            if change and change[1]:
+                parts.append(t.new_zeros(change[1]))
+        t.copy_(torch.cat(parts))
 
     with torch.no_grad():
         repack_(bank.values.data)

