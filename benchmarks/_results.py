@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from dst.environment import cpu_model
+from dst.environment import cpu_kind
 from dst.report import replace_section
 
 HERE = Path(__file__).resolve().parent
@@ -21,7 +21,7 @@ RESULTS = HERE / "RESULTS.md"
 
 
 def machine() -> str:
-    cpu = cpu_model()
+    cpu = cpu_kind()
     dev = f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads{dev}")

@@ -20,9 +20,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from _results import command, machine, write_section  # noqa: E402
+from _results import command, machine, write_csv, write_section  # noqa: E402
+from sweep import JOBS_CSV, JOBS_WIN, default_jobs  # noqa: E402
 
-from dst.environment import cpu_model  # noqa: E402
+from dst.environment import cpu_kind  # noqa: E402
 
 
 def trial(n_jobs: int, threads: int, batches: int, data: Path) -> float:
@@ -56,28 +57,37 @@ def main() -> int:
     for _ in range(args.repeats):
         for n in (1, cores):
             best[n] = min(best[n], trial(n, cores // n, args.batches, Path(args.data)))
+    kind = cpu_kind()
     rows = []
     for n, sec in best.items():
         steps_per_hour = 3600 / sec * n  # all n runs advance at once
         rows.append({"jobs": n, "threads_per_job": cores // n, "sec_per_step": round(sec, 3),
-                     "steps_per_hour_total": round(steps_per_hour), "cpu": cpu_model()})
-    with (REPO / "benchmarks" / "sweep_jobs.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    lines = ["| runs at once x threads | s per step, per run | steps per hour, all runs |",
-             "|---|---|---|"]
-    lines += [f"| {r['jobs']} x {r['threads_per_job']} | {r['sec_per_step']} | "
-              f"{r['steps_per_hour_total']} |" for r in rows]
-    ratio = rows[1]["steps_per_hour_total"] / rows[0]["steps_per_hour_total"]
-    verdict = (f"{cores} one-thread runs give {ratio:.2f}x the throughput of one {cores}-thread "
-               f"run: the sweep's default is --jobs {cores if ratio > 1.05 else 1}"
-               f"{'' if ratio > 1.05 else ' (within noise of a tie, fewer runs at once win)'}.")
+                     "steps_per_hour_total": round(steps_per_hour), "cpu": kind,
+                     "command": command()})
+    old = []  # other CPUs' measurements stay: the sweep's --jobs auto reads them per CPU
+    if JOBS_CSV.is_file():
+        with JOBS_CSV.open(newline="") as f:
+            old = [r for r in csv.DictReader(f) if r.get("cpu") != kind]
+    write_csv(JOBS_CSV, old + rows)
+    lines = ["| CPU | runs at once x threads | s per step, per run | steps per hour, all runs |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['cpu']} | {r['jobs']} x {r['threads_per_job']} | {r['sec_per_step']} | "
+              f"{r['steps_per_hour_total']} |" for r in old + rows]
+    verdicts = []
+    for cpu in dict.fromkeys(r["cpu"] for r in old + rows):
+        rate = {int(r["jobs"]): float(r["steps_per_hour_total"])
+                for r in old + rows if r["cpu"] == cpu}
+        n = max(rate)
+        verdicts.append(f"{cpu}: {n} one-thread runs give {rate[n] / rate[1]:.2f}x the "
+                        f"throughput of one {n}-thread run, so `--jobs auto` runs "
+                        f"{default_jobs(cpu, n)} at once (more only above {JOBS_WIN}x).")
     md = "\n".join(lines)
+    verdict = "\n".join(f"- {v}" for v in verdicts)
     print(md + "\n" + verdict)
-    write_section("sweep-jobs", f"## Sweep: runs at once (CPU)\n\nCommand: `{command()}`  \n"
-                                f"Machine: {machine()}\n\nWRN-28-2 on the subset, batch 100, "
-                                f"best of {args.repeats} interleaved trials of {args.batches} "
+    write_section("sweep-jobs", f"## Sweep: runs at once (CPU)\n\nCommand: `{command()}` "
+                                f"(each CPU's rows from its own run; the latest: {machine()})"
+                                f"\n\nWRN-28-2 on the subset, batch 100, best of "
+                                f"{args.repeats} interleaved trials of {args.batches} "
                                 f"steps.\n\n{md}\n\n{verdict}\n")
     return 0
 

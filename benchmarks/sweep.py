@@ -10,6 +10,7 @@ resumes from its checkpoint on the same machine.
 
     python benchmarks/sweep.py --dry-run                  # the plan: recorded / to run
     python benchmarks/sweep.py --budget-minutes 120       # launch only what fits in 2 hours
+                                                          # (--jobs auto: runs at once per CPU)
     python benchmarks/sweep.py --jobs 2 --set trainer.device=cuda   # on a GPU
     dst-report benchmarks/results/wrn28_2_subset          # the table from the records
 
@@ -21,6 +22,7 @@ others.
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import os
@@ -37,11 +39,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dst.environment import cpu_model, gpu_model  # noqa: E402
+from dst.environment import cpu_kind, gpu_model  # noqa: E402
 from dst.records import (  # noqa: E402
     build_record,
     config_hash,
     load_records,
+    machine_of,
     save_mask_artifact,
     save_weights_artifact,
     write_json,
@@ -54,6 +57,8 @@ PRESETS = {"static_erk": ["sparsity=static", "sparsity.distribution=erk"]}
 # one-shot lottery ticket: rewind to step 50 (~1 epoch of 51, 3 % of a 30-epoch run; Frankle et
 # al. 2020 rewind to 0.5-5 % of training for CIFAR ResNets)
 TICKET_REWIND = 50  # --ticket-rewind
+JOBS_CSV = BENCH / "sweep_jobs.csv"  # bench_sweep_jobs.py's measurements, one block per CPU
+JOBS_WIN = 1.05  # runs at once must beat one run by more than this (else noise: fewer win)
 DEFAULT_MINUTES = 40.0  # a run's expected length when no record of this CPU says better
 
 
@@ -100,8 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--default-minutes", type=float, default=DEFAULT_MINUTES,
                    help="expected minutes of a 30-epoch run when no record of this machine "
                    "exists (default %(default)s: a 2-core CPU VM)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once, the CPU threads split "
-                   "between them (measured on 2 cores: see benchmarks/RESULTS.md)")
+    p.add_argument("--jobs", default="auto", help="runs at once, the CPU threads split between "
+                   "them; auto (default): what bench_sweep_jobs.py measured best on this kind "
+                   "of CPU (benchmarks/sweep_jobs.csv), 1 without a measurement or on a GPU")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per run (default: CPU cores // jobs)")
     p.add_argument("--ticket-rewind", type=int, default=TICKET_REWIND,
@@ -110,6 +116,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print the plan only")
     p.add_argument("--no-report", action="store_true", help="do not rewrite the report")
     args = p.parse_args(argv)
+    if args.jobs == "auto":
+        args.jobs = 1 if on_gpu(args) else default_jobs(cpu_kind(), os.cpu_count() or 1)
+    elif not str(args.jobs).isdigit():
+        p.error(f"--jobs takes a count or auto, got {args.jobs!r}")
+    args.jobs = int(args.jobs)
     if args.epochs < 1 or args.seeds_main < 0 or args.seeds_rest < 0 or args.jobs < 1:
         p.error("--epochs and --jobs must be >= 1 and the seed counts >= 0")
     if args.seeds_rest > args.seeds_main:
@@ -213,15 +224,30 @@ def compose_hashes(jobs: list[Job], by_name: dict[str, Job], args) -> dict[str, 
 
 
 # ----------------------------------------------------------------------------- estimates
-def machine(record: dict) -> str:
-    """The kind of machine a record ran on: its GPU model, else its CPU model."""
-    return str(record.get("gpu_model") or record.get("cpu_model"))
+machine = machine_of  # the kind of machine a record ran on
+
+
+def on_gpu(args) -> bool:
+    return any(e.split("=", 1)[1].startswith("cuda") for e in args.extra
+               if e.startswith("trainer.device="))
 
 
 def this_machine(args) -> str:
-    on_gpu = any(e.split("=", 1)[1].startswith("cuda") for e in args.extra
-                 if e.startswith("trainer.device="))
-    return str((gpu_model() if on_gpu else None) or cpu_model())
+    return str((gpu_model() if on_gpu(args) else None) or cpu_kind())
+
+
+def default_jobs(where: str, cores: int, table: Path = JOBS_CSV) -> int:
+    """``--jobs auto``: ``cores`` one-thread runs at once where bench_sweep_jobs.py measured
+    them on this kind of CPU at more than ``JOBS_WIN`` x the steps per hour of one run using
+    every core, else 1 (also without a measurement of this CPU)."""
+    rows = []
+    if table.is_file():
+        with table.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("cpu") == where]
+    rate = {int(r["jobs"]): float(r["steps_per_hour_total"]) for r in rows}
+    if cores > 1 and 1 in rate and cores in rate and rate[cores] > JOBS_WIN * rate[1]:
+        return cores
+    return 1
 
 
 def estimate_minutes(job: Job, records: list[dict], where: str, threads: int, jobs: int,

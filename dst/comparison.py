@@ -17,7 +17,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from .records import load_records
+from .records import load_records, machine_of
 from .report import Group, ReportError, Run, group_runs, plot_acc_vs_params
 from .trainer import atomic_write
 
@@ -162,7 +162,7 @@ def write(folder: Path, out_dir: Path, title: str | None = None) -> dict:
     head, rows = table(cell_map)
     current = [r for c in cell_map.values() for r in c["records"]]
     commits = sorted({str(r.get("git_commit")) for r in current})
-    cpus = sorted({str(r.get("gpu_model") or r.get("cpu_model")) for r in current})
+    cpus = sorted({machine_of(r) for r in current})
     any_rec = current[0] if current else None
     cfg = (any_rec or {}).get("config", {})
     data = Path(str(cfg.get("data", {}).get("path") or cfg.get("data", {}).get("name", "?")))

@@ -28,6 +28,35 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def isa_of(flags: set[str]) -> str:
+    """The widest x86 vector extension in a ``/proc/cpuinfo`` flag set: "avx512" (avx512f),
+    "avx2", "avx", or "" (none, or not x86)."""
+    for flag, isa in (("avx512f", "avx512"), ("avx2", "avx2"), ("avx", "avx")):
+        if flag in flags:
+            return isa
+    return ""
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_isa() -> str:
+    """This CPU's widest vector extension (see :func:`isa_of`). One model name covers CPUs
+    with and without AVX-512 (these VMs' "AMD EPYC"), and speed ratios follow the extension."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return isa_of(set(value.split()))
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_kind() -> str:
+    """The CPU's model name with its vector extension, e.g. ``AMD EPYC (avx512)``."""
+    return f"{cpu_model()} ({cpu_isa()})" if cpu_isa() else cpu_model()
+
+
 def gpu_model() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
@@ -58,5 +87,6 @@ def environment() -> dict:
             versions[name] = None
     return {"python": sys.version.split()[0], "platform": platform.platform(),
             "packages": versions, "git_commit": git_commit(), "cpu_model": cpu_model(),
+            "cpu_isa": cpu_isa(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "gpu_model": gpu_model(), "cuda": torch.version.cuda}

@@ -79,6 +79,15 @@ def write_json(path: Path, obj) -> None:
     atomic_write(Path(path), lambda p: p.write_text(text))
 
 
+def machine_of(record: dict) -> str:
+    """The kind of machine a record ran on: its GPU model, else its CPU model with the vector
+    extension when recorded (``AMD EPYC (avx512)``; records before that field: the name only)."""
+    if record.get("gpu_model"):
+        return str(record["gpu_model"])
+    isa = record.get("cpu_isa")
+    return f"{record.get('cpu_model')} ({isa})" if isa else str(record.get("cpu_model"))
+
+
 def _jsonable(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None
@@ -125,6 +134,7 @@ def build_record(run_dir: Path, *, sweep: str, name: str, method: str, density: 
         "record_version": RECORD_VERSION, "sweep": sweep, "name": name, "method": method,
         "density": density, "seed": seed, "config_hash": config_hash(cfg),
         "git_commit": env.get("git_commit"), "cpu_model": env.get("cpu_model"),
+        "cpu_isa": env.get("cpu_isa"),
         "gpu_model": env.get("gpu_model"), "torch": (env.get("packages") or {}).get("torch"),
         "environment": env, "threads": threads, "jobs": jobs,
         "final_test_acc1": summary.get("final_test_acc1"),

@@ -96,6 +96,25 @@ def test_estimates_come_from_this_machines_records():
     assert sweep.machine({**rec, "gpu_model": "NVIDIA H200"}) == "NVIDIA H200"
 
 
+def test_jobs_auto_follows_this_cpus_measurement(tmp_path):
+    table = tmp_path / "jobs.csv"
+    table.write_text("jobs,threads_per_job,sec_per_step,steps_per_hour_total,cpu\n"
+                     "1,2,0.95,3784,AMD EPYC (avx512)\n2,1,1.53,4698,AMD EPYC (avx512)\n"
+                     "1,2,0.48,7452,Xeon (avx512)\n2,1,0.95,7580,Xeon (avx512)\n")
+    assert sweep.default_jobs("AMD EPYC (avx512)", 2, table) == 2  # 4698 / 3784 = 1.24
+    assert sweep.default_jobs("Xeon (avx512)", 2, table) == 1  # 1.02: a tie, one run
+    assert sweep.default_jobs("AMD EPYC (avx2)", 2, table) == 1  # not measured here
+    assert sweep.default_jobs("AMD EPYC (avx512)", 2, tmp_path / "none.csv") == 1
+    assert sweep.default_jobs("AMD EPYC (avx512)", 4, table) == 1  # no 4-run measurement
+    from dst.environment import isa_of
+    assert isa_of({"fma", "avx", "avx2", "avx512f", "avx512bw"}) == "avx512"
+    assert isa_of({"sse4_2", "avx", "avx2"}) == "avx2"
+    assert isa_of({"sse4_2"}) == "" and isa_of(set()) == ""
+    rec = {"cpu_model": "AMD EPYC", "gpu_model": None}
+    assert sweep.machine({**rec, "cpu_isa": "avx2"}) == "AMD EPYC (avx2)"
+    assert sweep.machine(rec) == "AMD EPYC"  # a record from before the field
+
+
 def _tiny_npz(path):
     g = np.random.default_rng(0)
     np.savez(path, train_x=g.integers(0, 255, (100, 3, 16, 16), dtype=np.uint8),
