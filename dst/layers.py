@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from . import twins
 from ._checks import FORMATS, check_choice, check_density
 from .distributions import budget_for, random_mask
 from .kernels import backends
@@ -96,9 +97,7 @@ class SparseMixin:
         return self.storage.pop_dense_grad()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        hook = getattr(self.storage, "load_state_dict_pre", None)
-        if hook is not None:
-            hook(state_dict, prefix)
+        self.storage.load_state_dict_pre(state_dict, prefix)  # e.g. follow a saved size
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_parameters(self) -> None:
@@ -111,36 +110,17 @@ class SparseMixin:
         return (f"{super().extra_repr()}, density={self.density:.4f}, "
                 f"n_active={self.n_active}, format={self.format}, backend={self.backend}")
 
-    # -- conversion ---------------------------------------------------------------------------
-    @classmethod
-    def _kwargs_of(cls, m: nn.Module) -> dict:
-        return {**{k: getattr(m, k) for k in cls._init_args}, "bias": m.bias is not None}
-
+    # -- conversion (dst.twins) ------------------------------------------------------------
     def to_dense(self) -> nn.Module:
         """A plain torch layer with the same outputs (inactive weights are zeros)."""
-        w = self.dense_weight()
-        twin = self._torch_cls(**self._kwargs_of(self), device="meta", dtype=w.dtype)
-        twin.weight = nn.Parameter(w.detach().clone().contiguous())
-        if self.bias is not None:
-            twin.bias = nn.Parameter(self.bias.detach().clone())
-        return twin.to(device=w.device)
+        return twins.dense_twin(self)
 
     @classmethod
     def from_dense(cls, module: nn.Module, density: float = 1.0, *, format: str = "dense",
                    mask: Tensor | None = None, generator: torch.Generator | None = None,
                    backend: str = "dense"):
         """A sparse copy of a torch layer keeping its weights at the active positions."""
-        if not isinstance(module, cls._torch_cls):
-            raise TypeError(f"{cls.__name__}.from_dense expects a {cls._torch_cls.__name__}, "
-                            f"got {type(module).__name__}")
-        probe = cls.__new__(cls)
-        cls._torch_cls.__init__(probe, **cls._kwargs_of(module), device="meta")
-        probe.weight = nn.Parameter(module.weight.detach().clone())
-        if module.bias is not None:
-            probe.bias = nn.Parameter(module.bias.detach().clone())
-        probe.train(module.training)
-        probe._setup_sparse(density, format, mask, generator, backend)
-        return probe
+        return twins.sparse_twin(cls, module, density, format, mask, generator, backend)
 
 
 class SparseConv2d(SparseMixin, nn.Conv2d):

@@ -63,6 +63,9 @@ class Storage(ABC):
         self.layer._torch_cls.reset_parameters(self.layer)
         self.set_mask_(self.mask)
 
+    def load_state_dict_pre(self, state_dict, prefix: str) -> None:  # noqa: B027 - a no-op
+        """Before the layer loads ``state_dict``: adapt to it (e.g. a saved active count)."""
+
     # -- the view -----------------------------------------------------------------------------
     @property
     @abstractmethod
