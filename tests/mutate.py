@@ -212,6 +212,18 @@ MUTATIONS = [
       "        for (int64_t i = lo; i <= last; ++i) {",
       "        for (int64_t i = lo; i < last; ++i) {",
       ("tests/test_native.py",), "the native index pass drops each chunk's last set byte"),
+    M("compact_repack_keeps_pruned_state", "dst/storage/compact.py",
+      "            t.index_fill_(0, zero_slots, 0)", "            pass",
+      ("tests/test_invariants.py",), "a compact re-pack leaves the pruned weight's value and "
+      "optimizer state in the slot a grown weight takes"),
+    M("compact_repack_drops_reused_slots", "dst/storage/compact.py",
+      "        keep[ch.prune_pos[g:]] = False", "        keep[ch.prune_pos[:k - g]] = False",
+      ("tests/test_invariants.py", "tests/test_engine.py"), "a compact re-pack drops the slots "
+      "grown weights took instead of the surplus pruned ones"),
+    M("all_finite_reads_max_only", "dst/storage/flat.py",
+      "return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))",
+      "return bool(torch.isfinite(hi))",
+      ("tests/test_exactness.py",), "the finite check misses a -inf weight or gradient"),
     M("skipped_step_not_noticed", "dst/engine.py",
       "return self._hook is None or self._optimizer_steps != self._steps_seen", "return True",
       ("tests/test_exactness.py",), "an fp16 overflow (skipped optimizer step) still updates"),

@@ -106,50 +106,46 @@ def compact_linear(x: Tensor, values: Tensor, bias: Tensor | None, indices: Tens
     return _CompactLinear.apply(x, values, bias, indices, tuple(shape), capture)
 
 
-def _repacked_indices(ch: Change) -> Tensor:
-    """A compact layer's new indices: grown weights take the slots of pruned ones in place;
-    surplus pruned slots are dropped and surplus grown weights appended, so indices stay
-    unique but are not kept sorted."""
+def _repack_layer(ch: Change) -> tuple[Tensor, Tensor | None, int]:
+    """A compact layer's new indices, the bool of its old slots kept (None: all) and the number
+    of slots appended. Grown weights take the slots of pruned ones in place; surplus pruned
+    slots are dropped and surplus grown weights appended, so indices stay unique but are not
+    kept sorted."""
     k, g = ch.prune_pos.numel(), ch.grown.numel()
     idx = ch.active.clone()
     grown = ch.grown.to(idx.device, idx.dtype)
     reuse = ch.prune_pos[: min(k, g)]
     idx[reuse] = grown[: reuse.numel()]
     if k > g:
-        return idx[_kept_slots(ch)]
-    return torch.cat([idx, grown[k:]]) if g > k else idx
-
-
-def _kept_slots(ch: Change) -> Tensor:
-    """Bool over a layer's slots: False at the pruned slots no grown weight takes."""
-    keep = torch.ones(ch.active.numel(), dtype=torch.bool, device=ch.active.device)
-    keep[ch.prune_pos[ch.grown.numel():]] = False
-    return keep
+        keep = torch.ones(idx.numel(), dtype=torch.bool, device=idx.device)
+        keep[ch.prune_pos[g:]] = False
+        return idx[keep], keep, 0
+    return (torch.cat([idx, grown[k:]]), None, g - k) if g > k else (idx, None, 0)
 
 
 def _commit_bank(bank: SparseBank, changes: dict[int, Change], optimizer) -> None:
-    """Re-pack the bank in the layout of :func:`_repacked_indices`: the values and every
-    optimizer state tensor of the bank's shape are zeroed at the pruned slots (grown weights
-    start at 0 there), then, where a layer's count changed, rebuilt from contiguous pieces of
-    the old bank (dropped slots left out, zeros appended)."""
+    """Re-pack the bank in the layout of :func:`_repack_layer`: the values and every optimizer
+    state tensor of the bank's shape are zeroed at the pruned slots (grown weights start at 0
+    there), then, where a layer's count changed, rebuilt from contiguous pieces of the old bank
+    (dropped slots left out, zeros appended)."""
     offsets = bank.offsets()
-    new_indices, zero_slots, pieces, moved = [], [], [], False
+    new_indices, zero_slots, pieces = [], [], []  # pieces: (start, stop, kept, appended)
     for slot, layer in enumerate(bank._members):
         ch, start, n = changes.get(slot), offsets[slot], layer.indices.numel()
         if ch is None:
             new_indices.append(layer.indices)
-            pieces.append((start, start + n))
+            pieces.append((start, start + n, None, 0))
             continue
-        k, g = ch.prune_pos.numel(), ch.grown.numel()
-        new_indices.append(_repacked_indices(ch))
+        idx, keep, appended = _repack_layer(ch)
+        new_indices.append(idx)
         zero_slots.append(ch.prune_pos.to(bank.values.device) + start)
-        pieces.append((start, start + n, _kept_slots(ch) if k > g else None, max(0, g - k)))
-        moved |= k != g
+        pieces.append((start, start + n, keep, appended))
     size = sum(int(i.numel()) for i in new_indices)
     if size != bank.values.numel():
         raise RuntimeError(f"re-pack changes the compact budget ({bank.values.numel()} -> "
                            f"{size}); all layers of a bank must be updated together")
     zero_slots = torch.cat(zero_slots) if zero_slots else None
+    moved = any(keep is not None or appended for _, _, keep, appended in pieces)
 
     def repack_(t: Tensor) -> None:
         if zero_slots is not None:
@@ -157,13 +153,10 @@ def _commit_bank(bank: SparseBank, changes: dict[int, Change], optimizer) -> Non
         if not moved:
             return
         parts = []
-        for start, stop, *change in pieces:
-            part = t[start:stop]
-            if change and change[0] is not None:
-                part = part[change[0].to(t.device)]
-            parts.append(part)
-            if change and change[1]:
-                parts.append(t.new_zeros(change[1]))
+        for start, stop, keep, appended in pieces:
+            parts.append(t[start:stop] if keep is None else t[start:stop][keep.to(t.device)])
+            if appended:
+                parts.append(t.new_zeros(appended))
         t.copy_(torch.cat(parts))
 
     with torch.no_grad():
