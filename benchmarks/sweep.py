@@ -224,9 +224,6 @@ def compose_hashes(jobs: list[Job], by_name: dict[str, Job], args) -> dict[str, 
 
 
 # ----------------------------------------------------------------------------- estimates
-machine = machine_of  # the kind of machine a record ran on
-
-
 def on_gpu(args) -> bool:
     return any(e.split("=", 1)[1].startswith("cuda") for e in args.extra
                if e.startswith("trainer.device="))
@@ -255,7 +252,7 @@ def estimate_minutes(job: Job, records: list[dict], where: str, threads: int, jo
     """Minutes ``job`` should take here: the median recorded minutes per epoch of the same
     method (else of any method) on this kind of machine at the same threads and jobs; else
     ``default`` minutes per 30 epochs."""
-    same = [r for r in records if machine(r) == where and r.get("threads") == threads
+    same = [r for r in records if machine_of(r) == where and r.get("threads") == threads
             and r.get("jobs") == jobs and r.get("wall_time") and r.get("epochs")]
     for pool in ([r for r in same if r["method"] == job.method], same):
         if pool:

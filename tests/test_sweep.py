@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from dst.records import canonical_config, config_hash, load_records
+from dst.records import canonical_config, config_hash, load_records, machine_of
 
 spec = importlib.util.spec_from_file_location("bench_sweep", REPO / "benchmarks" / "sweep.py")
 sweep = importlib.util.module_from_spec(spec)
@@ -93,7 +93,7 @@ def test_estimates_come_from_this_machines_records():
     # another CPU or another thread split: no evidence, the default per 30 epochs
     assert sweep.estimate_minutes(job, [rec], "Y", 2, 1, 15, default=40) == pytest.approx(20.0)
     assert sweep.estimate_minutes(job, [rec], "X", 1, 2, 30, default=40) == pytest.approx(40.0)
-    assert sweep.machine({**rec, "gpu_model": "NVIDIA H200"}) == "NVIDIA H200"
+    assert machine_of({**rec, "gpu_model": "NVIDIA H200"}) == "NVIDIA H200"
 
 
 def test_jobs_auto_follows_this_cpus_measurement(tmp_path):
@@ -111,8 +111,8 @@ def test_jobs_auto_follows_this_cpus_measurement(tmp_path):
     assert isa_of({"sse4_2", "avx", "avx2"}) == "avx2"
     assert isa_of({"sse4_2"}) == "" and isa_of(set()) == ""
     rec = {"cpu_model": "AMD EPYC", "gpu_model": None}
-    assert sweep.machine({**rec, "cpu_isa": "avx2"}) == "AMD EPYC (avx2)"
-    assert sweep.machine(rec) == "AMD EPYC"  # a record from before the field
+    assert machine_of({**rec, "cpu_isa": "avx2"}) == "AMD EPYC (avx2)"
+    assert machine_of(rec) == "AMD EPYC"  # a record from before the field
 
 
 def _tiny_npz(path):
