@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import statistics
 import tempfile
 from pathlib import Path
@@ -78,6 +79,20 @@ def _order(key):
     return (0 if m == "dense" else 1, d, ORDER.index(m) if m in ORDER else len(ORDER), m)
 
 
+_ARTIFACT = re.compile(r"([A-Za-z0-9_]+?)_d[0-9.]+_s[0-9]+-[0-9a-f]+\.(?:weights|masks)\.pt$")
+
+
+def sources(node) -> list[str]:
+    """The methods whose runs a record's config starts from: the sweep's artifacts (a trained
+    dense run's weights, DSR's final masks) named anywhere in it, e.g. ``["dense"]``."""
+    if isinstance(node, dict):
+        return sorted({m for v in node.values() for m in sources(v)})
+    if isinstance(node, list):
+        return sorted({m for v in node for m in sources(v)})
+    found = _ARTIFACT.search(node) if isinstance(node, str) else None
+    return [found.group(1)] if found else []
+
+
 def table(cell_map: dict) -> tuple[list[str], list[list[str]]]:
     head = ["method", "density", "seeds", "test acc (%)", "DSR − X (paired)", "params non-zero",
             "model density", "moved / update", "train FLOPs", "min / run", "status"]
@@ -104,13 +119,15 @@ def table(cell_map: dict) -> tuple[list[str], list[list[str]]]:
             return statistics.fmean(r[k] for r in recs) if ok else None
 
         moved = mean("moved_per_update_mean")
+        flops = mean("train_flops_ratio")
+        extra = sources([r.get("config", {}) for r in recs])
         rows.append([
             m, f"{d:g}", f"{len(recs)}/{c['planned']}", _pm(*acc),
             "; ".join(pairs) if pairs else ("—" if m != "dsr" else "(reference)"),
             "—" if mean("params_nonzero") is None else f"{round(mean('params_nonzero')):,}",
             "—" if mean("model_density") is None else f"{mean('model_density'):.4f}",
             "—" if moved is None else (f"{moved:,.0f}" if moved else "0 (static)"),
-            "—" if mean("train_flops_ratio") is None else f"{mean('train_flops_ratio'):.3f}",
+            "—" if flops is None else f"{flops:.3f}" + "".join(f" + {m} run" for m in extra),
             "—" if mean("wall_time") is None else f"{mean('wall_time') / 60:.1f}", status])
     return head, rows
 
@@ -175,7 +192,10 @@ def write(folder: Path, out_dir: Path, title: str | None = None) -> dict:
           "test acc: final top-1 on the 1,017 test images, mean ± sample sd over seeds. DSR − X: "
           "per seed, DSR's accuracy minus X's at the same density and seed (dense: at each "
           "DSR density), mean ± sd over the seeds both have. moved / update: weights pruned "
-          "(= grown) per mask update, measured. min / run: wall minutes (machine below). "
+          "(= grown) per mask update, measured. train FLOPs: the run's training MACs over the "
+          "dense model's, averaged over training; '+ dense run' (or '+ dsr run'): the run "
+          "starts from that run's trained weights or final masks, whose training comes on "
+          "top. min / run: wall minutes (machine below). "
           "status: seeds still to run or running.", "",
           "## Against the paper (WRN-28-2, full CIFAR-10, 200 epochs, 90 % sparse)", "",
           "| method | paper | ours at density 0.1 (subset) |", "|---|---|---|"]

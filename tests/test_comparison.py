@@ -2,7 +2,7 @@
 
 import json
 
-from dst.comparison import paired, write
+from dst.comparison import paired, sources, table, write
 from dst.records import RECORD_VERSION
 from dst.report import main as report_main
 
@@ -67,3 +67,18 @@ def test_table_marks_missing_cells_and_keeps_other_presets_apart(tmp_path):
             "model's, 0.62 of the inner channels kept (n=1)") in md
     assert (tmp_path / "out" / "comparison_acc_vs_params.png").stat().st_size > 1000
     assert write(res, tmp_path / "out2")["stale"][0]["config_hash"] == "old"
+
+
+def test_runs_started_from_another_run_show_its_training_on_top():
+    art = "/x/results/sweep/artifacts/"
+    lottery = {"sparsity": {"ticket_from": art + "dense_d1_s0-cd283d63b826.weights.pt",
+                            "rounds": 3}}
+    from_mask = {"sparsity": {"init": {"source": art + "dsr_d0.1_s0-b2cb0c46bd7a.masks.pt"}}}
+    structured = {"sparsity": {"x": [art + "dsr_structured_d0.2_s1-00ff.masks.pt"]}}
+    assert sources(lottery) == ["dense"] and sources(from_mask) == ["dsr"]
+    assert sources(structured) == ["dsr_structured"]
+    assert sources({"sparsity": {"init_from": "/data/mine.pt", "name": "dsr"}}) == []
+    cell = {"records": [rec("lottery", 0.1, 0, 75.0, config=lottery)], "planned": 2,
+            "status": ["recorded", "to run"]}
+    _, rows = table({("lottery", 0.1): cell})
+    assert rows[0][8] == "0.100 + dense run"
