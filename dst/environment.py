@@ -52,9 +52,12 @@ def cpu_isa() -> str:
     return ""
 
 
-def cpu_kind() -> str:
-    """The CPU's model name with its vector extension, e.g. ``AMD EPYC (avx512)``."""
-    return f"{cpu_model()} ({cpu_isa()})" if cpu_isa() else cpu_model()
+def cpu_kind(model: str | None = None, isa: str | None = None) -> str:
+    """A CPU's model name with its vector extension, e.g. ``AMD EPYC (avx512)`` (this CPU's
+    unless given; no extension: the name only)."""
+    model = cpu_model() if model is None else model
+    isa = cpu_isa() if isa is None else isa
+    return f"{model} ({isa})" if isa else model
 
 
 def gpu_model() -> str | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .environment import cpu_kind
 from .trainer import atomic_write, load_checkpoint, save_checkpoint
 
 RECORD_VERSION = 1
@@ -84,8 +85,7 @@ def machine_of(record: dict) -> str:
     extension when recorded (``AMD EPYC (avx512)``; records before that field: the name only)."""
     if record.get("gpu_model"):
         return str(record["gpu_model"])
-    isa = record.get("cpu_isa")
-    return f"{record.get('cpu_model')} ({isa})" if isa else str(record.get("cpu_model"))
+    return cpu_kind(str(record.get("cpu_model")), record.get("cpu_isa") or "")
 
 
 def _jsonable(v):
