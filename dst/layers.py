@@ -20,7 +20,7 @@ from .distributions import budget_for, random_mask
 from .kernels import backends
 from .storage import KINDS, Storage, check_mask
 
-__all__ = ["SPARSE_LAYERS", "SparseConv2d", "SparseLinear", "SparseMixin", "random_mask"]
+__all__ = ["SPARSE_LAYERS", "SparseConv2d", "SparseLinear", "SparseMixin"]
 
 
 class SparseMixin:
@@ -28,8 +28,9 @@ class SparseMixin:
 
     capture_grad: bool = False  # set while a method wants the full gradient (pop_dense_grad)
     storage: Storage
-    _torch_cls: type[nn.Module]  # the torch layer replaced, and its constructor's arguments
-    _init_args: tuple[str, ...]
+    _torch_cls: type[nn.Module]  # the torch layer replaced, its constructor's arguments and
+    _init_args: tuple[str, ...]  # the storage method of its dense kernel
+    _dense_op: str
 
     def _setup_sparse(self, density: float, format: str, mask: Tensor | None,
                       generator: torch.Generator | None, backend: str = "dense") -> None:
@@ -43,14 +44,15 @@ class SparseMixin:
         KINDS[format](self, check_mask(mask, self.weight_shape))
 
     def set_backend(self, backend: str) -> None:
-        """``"dense"`` (the dense kernels), ``"csr"`` (sparse kernels: Linear, 1x1 convs, and
-        stride-1 k x k convs on CPU; groups=1, no dilation, zero padding) or ``"auto"`` (timed
-        per layer on the real input; CSR only where >= 15 % faster)."""
+        """``"dense"``, ``"csr"`` or ``"auto"``; see :mod:`dst.kernels.backends`."""
         self.backend = backends.check_backend(self, backend)
         self.backend_used = "dense"
 
     def forward(self, x: Tensor) -> Tensor:
         return backends.run(self, x)
+
+    def _dense_forward(self, x: Tensor) -> Tensor:  # storage.linear or storage.conv2d
+        return getattr(self.storage, self._dense_op)(x)
 
     def __getattr__(self, name: str):
         try:
@@ -60,7 +62,6 @@ class SparseMixin:
                 raise
         return self.storage.layer_attribute(name)  # e.g. a compact layer's mask
 
-    # -- the public view (the storage's) ------------------------------------------------------
     @property
     def n_active(self) -> int:
         return self.storage.n_active
@@ -110,7 +111,6 @@ class SparseMixin:
         return (f"{super().extra_repr()}, density={self.density:.4f}, "
                 f"n_active={self.n_active}, format={self.format}, backend={self.backend}")
 
-    # -- conversion (dst.twins) ------------------------------------------------------------
     def to_dense(self) -> nn.Module:
         """A plain torch layer with the same outputs (inactive weights are zeros)."""
         return twins.dense_twin(self)
@@ -127,7 +127,7 @@ class SparseConv2d(SparseMixin, nn.Conv2d):
     """``nn.Conv2d`` with a fixed budget of active weights. Grouped, depthwise, dilated and
     non-zero padding modes work as in torch."""
 
-    _torch_cls = nn.Conv2d
+    _torch_cls, _dense_op = nn.Conv2d, "conv2d"
     _init_args = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
                   "groups", "padding_mode")
 
@@ -139,14 +139,11 @@ class SparseConv2d(SparseMixin, nn.Conv2d):
                          groups, bias, padding_mode, device, dtype)
         self._setup_sparse(density, format, mask, generator, backend)
 
-    def _dense_forward(self, x: Tensor) -> Tensor:
-        return self.storage.conv2d(x)
-
 
 class SparseLinear(SparseMixin, nn.Linear):
     """``nn.Linear`` with a fixed budget of active weights."""
 
-    _torch_cls = nn.Linear
+    _torch_cls, _dense_op = nn.Linear, "linear"
     _init_args = ("in_features", "out_features")
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
@@ -154,9 +151,6 @@ class SparseLinear(SparseMixin, nn.Linear):
                  generator: torch.Generator | None = None, backend: str = "dense"):
         super().__init__(in_features, out_features, bias, device, dtype)
         self._setup_sparse(density, format, mask, generator, backend)
-
-    def _dense_forward(self, x: Tensor) -> Tensor:
-        return self.storage.linear(x)
 
 
 SPARSE_LAYERS = (SparseConv2d, SparseLinear)

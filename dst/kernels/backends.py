@@ -1,4 +1,5 @@
-"""Per-layer compute backends: ``dense`` (masked dense kernels), ``csr`` (sparse kernels) and
+"""Per-layer compute backends: ``dense`` (masked dense kernels), ``csr`` (sparse kernels:
+Linear, 1x1 convs and stride-1 k x k convs on CPU; groups=1, no dilation, zero padding) and
 ``auto`` (time both on the real input the first time a shape is seen, and again after a mask
 update moved the layer's density by more than ``RETUNE_RATIO``: forward + backward accumulating
 into ``.grad`` as training does, the two interleaved, best of ``REPEATS`` after ``WARMUP``;
