@@ -15,10 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from . import twins
-from ._checks import FORMATS, check_choice, check_density
-from .distributions import budget_for, random_mask
 from .kernels import backends
-from .storage import KINDS, Storage, check_mask
+from .storage import Storage, attach, check_mask
 
 __all__ = ["SPARSE_LAYERS", "SparseConv2d", "SparseLinear", "SparseMixin"]
 
@@ -34,14 +32,9 @@ class SparseMixin:
 
     def _setup_sparse(self, density: float, format: str, mask: Tensor | None,
                       generator: torch.Generator | None, backend: str = "dense") -> None:
-        density = check_density(density)
-        self.format = check_choice(format, FORMATS, "format")
         self.set_backend(backend)
         self.weight_shape = tuple(self.weight.shape)
-        if mask is None:
-            mask = random_mask(self.weight_shape, budget_for(density, [self.weight.numel()]),
-                               generator)
-        KINDS[format](self, check_mask(mask, self.weight_shape))
+        attach(self, density, format, mask, generator)
 
     def set_backend(self, backend: str) -> None:
         """``"dense"``, ``"csr"`` or ``"auto"``; see :mod:`dst.kernels.backends`."""

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+from torch import Tensor, nn
+
+from .._checks import FORMATS, check_choice, check_density
+from ..distributions import budget_for, random_mask
 from .bank import SparseBank
 from .base import Change, Storage, check_mask
 from .compact import CompactStorage, compact_conv2d, compact_linear
@@ -19,6 +24,18 @@ from .dense import DenseStorage, zero_state_
 from .flat import flat_fill_, flat_get, index_dtype, materialize
 
 KINDS: dict[str, type[Storage]] = {"dense": DenseStorage, "compact": CompactStorage}
+
+
+def attach(layer: nn.Module, density: float, format: str, mask: Tensor | None,
+           generator: torch.Generator | None) -> Storage:
+    """Give ``layer`` its storage of kind ``format``: ``mask`` as the active set, or a uniformly
+    random one of ``round(density * numel)`` weights (at least one) drawn from ``generator``."""
+    density = check_density(density)
+    layer.format = check_choice(format, FORMATS, "format")
+    shape = tuple(layer.weight.shape)
+    if mask is None:
+        mask = random_mask(shape, budget_for(density, [layer.weight.numel()]), generator)
+    return KINDS[format](layer, check_mask(mask, shape))
 
 
 def commit(changes: Sequence[Change], optimizer=None) -> None:
@@ -41,7 +58,7 @@ def set_masks(masks: dict) -> None:
         next(iter(group)).storage.set_masks_together(group)
 
 
-__all__ = ["KINDS", "Change", "CompactStorage", "DenseStorage", "SparseBank", "Storage",
+__all__ = ["KINDS", "Change", "attach", "CompactStorage", "DenseStorage", "SparseBank", "Storage",
            "check_mask",
            "commit", "compact_conv2d", "compact_linear", "flat_fill_", "flat_get", "index_dtype",
            "materialize", "set_masks", "zero_state_"]
