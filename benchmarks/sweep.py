@@ -5,8 +5,11 @@ named ``<method>_d<density>_s<seed>-<config hash>.json``, and the artifacts late
 (DSR's final masks for static_from_mask; a dense run's trained weights for gmp and the lottery
 ticket) in its ``artifacts/`` folder. The sweep skips every run already recorded with the
 current preset, whichever machine made it, so it can be stopped at any point and continued on
-another machine. Run directories (``benchmarks/_sweep/``) are scratch: an interrupted run
-resumes from its checkpoint on the same machine.
+another machine. A recorded run whose artifact a later run needs but which the records folder
+lacks (a sweep whose --methods left the dependent out) runs again first; its new record replaces
+the old one and keeps its figures under ``replaces`` (``_sweep_state.py``). Run directories
+(``benchmarks/_sweep/``) are scratch: an interrupted run resumes from its checkpoint on the same
+machine.
 
     python benchmarks/sweep.py --dry-run                  # the plan: recorded / to run
     python benchmarks/sweep.py --budget-minutes 120       # launch only what fits in 2 hours
@@ -23,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,18 +38,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from _sweep_state import (  # noqa: E402
+    artifact_path,
+    missing_artifacts,
+    record_run,
+    recorded,
+    write_plan,
+)
 
 from dst.environment import cpu_kind, gpu_model  # noqa: E402
-from dst.records import (  # noqa: E402
-    build_record,
-    config_hash,
-    load_records,
-    machine_of,
-    save_mask_artifact,
-    save_weights_artifact,
-    write_json,
-)
+from dst.records import config_hash, machine_of  # noqa: E402
 
 BENCH = REPO / "benchmarks"
 MAIN = ("dense", "dsr", "static", "set", "dsr_structured")
@@ -143,11 +144,6 @@ def data_file(path: str) -> Path:
     if not p.is_absolute() and not p.exists():
         p = REPO / p
     return p.resolve()
-
-
-def artifact_path(results: Path, job: Job) -> Path:
-    suffix = {"masks": "masks.pt", "weights": "weights.pt"}[job.provides]
-    return results / "artifacts" / f"{job.key}.{suffix}"
 
 
 def plan(args: argparse.Namespace) -> list[Job]:
@@ -269,78 +265,12 @@ def command(j: Job, args) -> list[str]:
             *resume, f"hydra.run.dir={run_dir}"]
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def record_run(j: Job, args) -> Path:
-    """Write ``j``'s record (and artifact) from its finished run directory."""
-    run_dir = args.work.resolve() / j.key
-    artifacts = {}
-    if j.provides:
-        path = artifact_path(args.results, j)
-        (save_mask_artifact if j.provides == "masks" else save_weights_artifact)(run_dir, path)
-        artifacts[j.provides] = {"file": str(path.relative_to(args.results)),
-                                 "sha256": sha256(path)}
-    rec = build_record(run_dir, sweep=args.name, name=j.name, method=j.method,
-                       density=j.density, seed=j.seed, threads=args.threads, jobs=args.jobs,
-                       artifacts=artifacts)
-    if rec["config_hash"] != j.hash:
-        raise RuntimeError(f"{j.name}: the run's config hashes to {rec['config_hash']}, the "
-                           f"plan's to {j.hash}; not recorded")
-    path = args.results / f"{j.key}.json"
-    write_json(path, rec)
-    return path
-
-
-def _alive(owner) -> bool:
-    """Is the sweep ``host:pid`` still running on this machine? (A plan.json arrives from other
-    machines through git: their sweeps, and entries without an owner, have ended.)"""
-    host, _, pid = str(owner or "").rpartition(":")
-    if not owner or not pid.isdigit() or host != socket.gethostname():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def write_plan(args, jobs: list[Job], done: set[str], running=()) -> None:
-    """plan.json in the records folder: every run of the plan with its hash and status, so the
-    report marks the cells still to run (or running). Runs of the file that this invocation
-    does not plan (a narrower --densities or --methods) keep their entries."""
-    path = args.results / "plan.json"
-    ours = {j.name for j in jobs}
-    try:
-        kept = [r for r in json.loads(path.read_text())["runs"] if r["name"] not in ours]
-    except (OSError, ValueError, KeyError, TypeError):
-        kept = []
-    for r in kept:  # "running" only while the sweep that launched it lives
-        if r.get("status") == "running" and not _alive(r.get("owner")):
-            r["status"] = "to run"
-            r.pop("owner", None)
-    owner = f"{socket.gethostname()}:{os.getpid()}"
-    runs = [{"name": j.name, "method": j.method, "density": j.density, "seed": j.seed,
-             "hash": j.hash, "status": "recorded" if j.key in done else
-             "running" if j.name in running else "to run",
-             **({"owner": owner} if j.name in running and j.key not in done else {})}
-            for j in jobs]
-    write_json(path, {"sweep": args.name, "epochs": args.epochs, "runs": kept + runs})
-
-
-def recorded(args) -> tuple[set[str], list[dict]]:
-    records, bad = load_records(args.results)
-    for b in bad:
-        print(f"sweep: warning: record {b} left out", file=sys.stderr)
-    return {f"{r['name']}-{r['config_hash']}" for r in records}, records
-
-
 def execute(jobs: list[Job], args) -> list[str]:
     """Run what is not recorded yet, ``args.jobs`` at a time; returns the runs left undone."""
     done, records = recorded(args)
+    for key, why in missing_artifacts(jobs, records, args.results).items():
+        done.discard(key)  # made again for its artifact; the new record replaces the old one
+        print(f"{key.rpartition('-')[0]}: recorded, but runs again: {why}", flush=True)
     where, start = this_machine(args), time.time()
     by_name = {j.name: j for j in jobs}
     pending = [j for j in jobs if j.key not in done]
@@ -426,9 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     jobs = plan(args)
     if args.dry_run:
-        done, _ = recorded(args)
+        done, records = recorded(args)
+        again = missing_artifacts(jobs, records, args.results)
         for j in jobs:
-            state = "recorded" if j.key in done else "to run"
+            state = (f"recorded, runs again: {again[j.key]}" if j.key in again else
+                     "recorded" if j.key in done else "to run")
             print(f"# {j.key}: {state}\n{shlex.join(command(j, args))}")
         print(f"# {len(jobs)} runs, {sum(j.key in done for j in jobs)} recorded, records in "
               f"{args.results}", file=sys.stderr)

@@ -154,6 +154,25 @@ def test_runs_are_recorded_once_and_dependencies_read_artifacts(tmp_path):
                             "--work", str(tmp_path / "other_machine")],
                            capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and "running" not in again.stdout
+    # a provider recorded without its artifact (a sweep whose --methods left the dependent out)
+    # runs again before the dependent; its new record keeps the old one's figures
+    masks.unlink()
+    (tmp_path / "res" / f"{fm['name']}-{fm['config_hash']}.json").unlink()
+    dry = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sweep.py"), *args,
+                          "--dry-run"], capture_output=True, text=True, env=env, timeout=300)
+    assert f"# {dsr['name']}-{dsr['config_hash']}: recorded, runs again: its masks" in dry.stdout
+    third = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sweep.py"), *args,
+                            "--work", str(tmp_path / "third_machine")],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "dsr_d0.1_s0: recorded, but runs again" in third.stdout
+    records, bad = load_records(tmp_path / "res")
+    assert not bad and len(records) == 2 and masks.is_file()
+    redo = next(r for r in records if r["method"] == "dsr")
+    assert redo["replaces"] == [{k: dsr.get(k) for k in ("final_test_acc1", "best_test_acc1",
+                                "git_commit", "cpu_model", "cpu_isa", "wall_time")}]
+    fm = next(r for r in records if r["method"] == "static_from_mask")
+    assert fm["final_layer_density"] == redo["final_layer_density"]
 
 
 def test_gpu_script_plans_the_density_01_matrix_with_the_cpu_hashes(tmp_path):
