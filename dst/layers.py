@@ -33,7 +33,6 @@ class SparseMixin:
     def _setup_sparse(self, density: float, format: str, mask: Tensor | None,
                       generator: torch.Generator | None, backend: str = "dense") -> None:
         self.set_backend(backend)
-        self.weight_shape = tuple(self.weight.shape)
         attach(self, density, format, mask, generator)
 
     def set_backend(self, backend: str) -> None:

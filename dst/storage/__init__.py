@@ -28,11 +28,12 @@ KINDS: dict[str, type[Storage]] = {"dense": DenseStorage, "compact": CompactStor
 
 def attach(layer: nn.Module, density: float, format: str, mask: Tensor | None,
            generator: torch.Generator | None) -> Storage:
-    """Give ``layer`` its storage of kind ``format``: ``mask`` as the active set, or a uniformly
-    random one of ``round(density * numel)`` weights (at least one) drawn from ``generator``."""
+    """Give ``layer`` its storage of kind ``format`` (and its ``format`` and ``weight_shape``):
+    ``mask`` as the active set, or a uniformly random one of ``round(density * numel)`` weights
+    (at least one) drawn from ``generator``."""
     density = check_density(density)
     layer.format = check_choice(format, FORMATS, "format")
-    shape = tuple(layer.weight.shape)
+    layer.weight_shape = shape = tuple(layer.weight.shape)
     if mask is None:
         mask = random_mask(shape, budget_for(density, [layer.weight.numel()]), generator)
     return KINDS[format](layer, check_mask(mask, shape))
