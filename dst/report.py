@@ -238,31 +238,56 @@ def csv_text(groups: list[Group]) -> str:
 
 
 # ----------------------------------------------------------------------------- plots
+MARKERS = "osD^vP*Xph<>"
+SPREAD = 0.02  # methods at the same density sit this far apart on the log-x axis (a factor)
+
+
+def plot_styles(labels: list[str]) -> dict[str, tuple[int, str]]:
+    """Per label: a colour index into the 20-colour ``tab20`` map and a marker, the pair
+    distinct per label (the colours for up to 20 labels)."""
+    return {lab: ((2 * i) % 20 + (2 * i) // 20 % 2, MARKERS[i % len(MARKERS)])
+            for i, lab in enumerate(labels)}
+
+
+def x_factors(groups: list[Group]) -> dict[tuple[str, float], float]:
+    """``{(label, density): factor}``: the methods sharing a density, in the order given, are
+    spread ``SPREAD`` apart around their parameter count, so that they do not hide one
+    another; a method alone at its density keeps its exact position."""
+    at: dict[float, list[str]] = {}
+    for g in groups:
+        at.setdefault(g.density, []).append(g.label)
+    return {(lab, d): 1.0 + SPREAD * (k - (len(labs) - 1) / 2)
+            for d, labs in at.items() for k, lab in enumerate(labs)}
+
+
 def plot_acc_vs_params(groups: list[Group], png: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    groups = [g for g in groups if g.mean("params_nonzero") is not None]
     by_label: dict[str, list[Group]] = {}
     for g in groups:
-        if g.mean("params_nonzero") is not None:
-            by_label.setdefault(g.label, []).append(g)
-    for label, gs in by_label.items():
-        gs.sort(key=lambda g: g.mean("params_nonzero"))
-        xs = [g.mean("params_nonzero") for g in gs]
+        by_label.setdefault(g.label, []).append(g)
+    cmap, dx = plt.get_cmap("tab20"), x_factors(groups)
+    for label, (colour, marker) in plot_styles(list(by_label)).items():
+        gs = sorted(by_label[label], key=lambda g: g.mean("params_nonzero"))
+        xs = [g.mean("params_nonzero") * dx[label, g.density] for g in gs]
         ys = [g.acc[0] for g in gs]
         es = [g.acc[1] or 0.0 for g in gs]
-        line = ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=3, lw=1.2, label=label)
+        ax.errorbar(xs, ys, yerr=es, marker=marker, ms=5, capsize=3, lw=1.2, label=label,
+                    color=cmap(colour))
         if label == "dense":  # the reference every sparse method is read against
-            ax.axhline(ys[0], ls="--", lw=0.8, color=line[0].get_color())
+            ax.axhline(ys[0], ls="--", lw=0.8, color=cmap(colour))
     ax.set_xscale("log")
-    ax.set_xlabel("non-zero parameters")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlabel(f"non-zero parameters (methods of one density side by side, {SPREAD:.0%} "
+                  "apart)")
+    ax.set_ylabel("test accuracy (%, mean ± sd over seeds)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     atomic_write(png, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)

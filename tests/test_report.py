@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dst.report import build_report, main, train_flops_ratio
+from dst.report import Group, build_report, main, plot_styles, train_flops_ratio, x_factors
 
 MACS = {"stem": 100, "a": 100, "b": 300}
 HISTORY = "step,epoch,a,b\n20,1,0.2,0.1\n60,2,0.1,0.2\n"
@@ -100,3 +100,17 @@ def test_empty_or_missing_dir_is_one_clear_error(tmp_path, capsys):
     r = subprocess.run([sys.executable, "-m", "dst.report", str(tmp_path / "missing")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "is not a directory" in r.stderr
+
+
+def test_plot_keeps_methods_of_one_density_apart_and_distinct():
+    """13 methods at density 0.1 once drew on top of each other, with colours repeating after
+    10: each label now has its own (colour, marker), and methods sharing a density sit 2 %
+    apart around their parameter count; a method alone at its density keeps its position."""
+    labels = [f"m{i}" for i in range(13)]
+    styles = plot_styles(labels)
+    assert len({c for c, _ in styles.values()}) == 13  # tab20 colours: none repeats
+    assert styles["m0"] == (0, "o") and styles["m1"] == (2, "s") and styles["m10"] == (1, "<")
+    f = x_factors([Group("dsr", 0.1), Group("set", 0.1), Group("static", 0.1),
+                   Group("dense", 1.0), Group("dsr", 0.2), Group("set", 0.2)])
+    assert f == pytest.approx({("dsr", 0.1): 0.98, ("set", 0.1): 1.0, ("static", 0.1): 1.02,
+                               ("dense", 1.0): 1.0, ("dsr", 0.2): 0.99, ("set", 0.2): 1.01})
