@@ -132,6 +132,22 @@ def table(cell_map: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def wall_table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Wall minutes per run by machine and runs at once (``jobs`` x ``threads``): the table's
+    ``min / run`` mixes them, and a 2-at-once run on 2 cores takes about twice as long."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        if not isinstance(r.get("wall_time"), (int, float)):
+            continue
+        jobs, threads = r.get("jobs"), r.get("threads")
+        how = f"{jobs} x {threads}" if jobs and threads else "not recorded"
+        groups.setdefault((machine_of(r), how), []).append(r["wall_time"] / 60)
+    head = ["machine", "runs at once x threads", "runs", "median min / run", "range"]
+    rows = [[m, how, str(len(v)), f"{statistics.median(v):.1f}",
+             f"{min(v):.1f}-{max(v):.1f}"] for (m, how), v in sorted(groups.items())]
+    return head, rows
+
+
 def _md_table(head, rows) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
             *("| " + " | ".join(r) + " |" for r in rows)]
@@ -195,7 +211,7 @@ def write(folder: Path, out_dir: Path, title: str | None = None) -> dict:
           "(= grown) per mask update, measured. train FLOPs: the run's training MACs over the "
           "dense model's, averaged over training; '+ dense run' (or '+ dsr run'): the run "
           "starts from that run's trained weights or final masks, whose training comes on "
-          "top. min / run: wall minutes (machine below). "
+          "top. min / run: wall minutes, mean over machines (per machine below). "
           "status: seeds still to run or running.", "",
           "## Against the paper (WRN-28-2, full CIFAR-10, 200 epochs, 90 % sparse)", "",
           "| method | paper | ours at density 0.1 (subset) |", "|---|---|---|"]
@@ -206,6 +222,10 @@ def write(folder: Path, out_dir: Path, title: str | None = None) -> dict:
     slimmed = structured_sentence(cell_map)
     md += ["", ordering_sentence(cell_map), *(["", slimmed] if slimmed else []), "",
            f"Commits: {', '.join(commits) or '—'}. Machines: {', '.join(cpus) or '—'}."]
+    wall_head, wall_rows = wall_table(current)
+    if wall_rows:
+        md += ["", "Wall time per run, by machine and runs at once (min / run above averages "
+               "over these):", "", *_md_table(wall_head, wall_rows)]
     if stale:
         md += ["", "Records of other presets (not in the table): " + ", ".join(
             f"{r['name']}-{r['config_hash']}" for r in stale)]

@@ -2,7 +2,7 @@
 
 import json
 
-from dst.comparison import paired, sources, table, write
+from dst.comparison import paired, sources, table, wall_table, write
 from dst.records import RECORD_VERSION
 from dst.report import main as report_main
 
@@ -66,6 +66,8 @@ def test_table_marks_missing_cells_and_keeps_other_presets_apart(tmp_path):
     assert ("dsr_structured at density 0.1: the final model's dense MACs are 0.500x the full "
             "model's, 0.62 of the inner channels kept (n=1)") in md
     assert (tmp_path / "out" / "comparison_acc_vs_params.png").stat().st_size > 1000
+    # five current records of 600 s each, no jobs/threads recorded; the old preset's left out
+    assert "| cpu | not recorded | 5 | 10.0 | 10.0-10.0 |" in md
     assert write(res, tmp_path / "out2")["stale"][0]["config_hash"] == "old"
 
 
@@ -82,3 +84,22 @@ def test_runs_started_from_another_run_show_its_training_on_top():
             "status": ["recorded", "to run"]}
     _, rows = table({("lottery", 0.1): cell})
     assert rows[0][8] == "0.100 + dense run"
+
+
+def test_wall_time_is_broken_out_by_machine_and_runs_at_once():
+    recs = [rec("dsr", 0.1, 0, 70.0, wall_time=600.0, cpu_model="AMD EPYC", cpu_isa="avx512",
+                jobs=2, threads=1),
+            rec("static", 0.1, 0, 70.0, wall_time=2400.0, cpu_model="AMD EPYC",
+                cpu_isa="avx512", jobs=2, threads=1),
+            rec("set", 0.1, 0, 70.0, wall_time=1200.0, cpu_model="AMD EPYC", cpu_isa="avx512",
+                jobs=2, threads=1),
+            rec("dsr", 0.1, 1, 70.0, wall_time=900.0, cpu_model="Xeon", jobs=1, threads=2),
+            rec("dense", 1.0, 0, 70.0, wall_time=300.0, cpu_model="Xeon"),
+            rec("gmp", 0.1, 0, 70.0, wall_time=None, cpu_model="Xeon", jobs=1, threads=2)]
+    head, rows = wall_table(recs)
+    assert head[1:4] == ["runs at once x threads", "runs", "median min / run"]
+    # EPYC: 10, 40, 20 min -> median 20, range 10-40; Xeon 1 x 2: 15 min (gmp has no wall
+    # time); Xeon without jobs/threads: 5 min, listed apart
+    assert rows == [["AMD EPYC (avx512)", "2 x 1", "3", "20.0", "10.0-40.0"],
+                    ["Xeon", "1 x 2", "1", "15.0", "15.0-15.0"],
+                    ["Xeon", "not recorded", "1", "5.0", "5.0-5.0"]]
