@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .kernels.native import unique_unblocked
 from .storage.flat import flat_nonzero
 
 
@@ -60,7 +61,7 @@ def sample_free(blocked: Tensor, count: int, gen: torch.Generator,
     if count <= 0:
         return torch.empty(0, dtype=torch.long)
     if n_free is None:
-        n_free = numel - int(blocked.sum())
+        n_free = numel - int(torch.count_nonzero(blocked))
     if count > n_free:
         raise ValueError(f"cannot draw {count} positions: only {n_free} free")
     if n_free < 4 * count or numel < 4096:
@@ -70,9 +71,7 @@ def sample_free(blocked: Tensor, count: int, gen: torch.Generator,
     while picked.numel() < count:
         need = count - picked.numel()
         draws = torch.randint(numel, (int(need * numel / n_free * 1.3) + 64,), generator=gen)
-        draws = draws.masked_select(blocked.index_select(0, draws).logical_not_())
-        small = numel < 2**31  # sorting int32 is about twice as fast
-        draws = torch.unique(draws.int()).long() if small else torch.unique(draws)
+        draws = unique_unblocked(draws, blocked)  # the distinct free ones, ascending
         if picked.numel():
             draws = draws[~torch.isin(draws, picked)]
         if draws.numel() > need:

@@ -39,12 +39,12 @@ def select(scores: Tensor, k: int, flat: Tensor | None = None, *,
                                  "finite (the loss diverged); lower the learning rate")
     if below is not None and not largest:
         chosen = scores < below
-        if int(chosen.sum()) == k:
+        if int(torch.count_nonzero(chosen)) == k:
             return flat_nonzero(chosen)
     s = scores.neg() if largest else scores
     kth = torch.kthvalue(s, k).values
     chosen = s <= kth
-    if int(chosen.sum()) > k:  # equal scores at the cut: only then does the rule decide
+    if int(torch.count_nonzero(chosen)) > k:  # equal scores at the cut: the rule decides
         chosen = s < kth
         ties = flat_nonzero(s == kth)
         key = ties if flat is None else flat.index_select(0, ties)

@@ -178,6 +178,46 @@ def test_flat_nonzero_finds_set_bytes_across_chunk_edges(threads):
         torch.set_num_threads(old)
 
 
+@needs_native
+def test_flat_nonzero_reads_any_non_zero_byte_as_true():
+    # bytes other than 1 (a uint8 tensor viewed as bool): each bit of a byte must count,
+    # in whole 64-byte blocks and in the byte-wise tail alike
+    raw = torch.zeros(4096 + 70, dtype=torch.uint8)
+    where = [3, 64, 65, 127, 1000, 4096 + 2, 4096 + 69]
+    raw[where] = torch.tensor([2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+    assert native.flat_nonzero(raw.view(torch.bool)).tolist() == where
+
+
+def test_unique_unblocked_by_hand():
+    # draws 5, 3, 5, 9, 0, 3, 7, 63, 64, 127, 64 over 130 positions with 3 and 7 blocked:
+    # the distinct free ones, ascending (63 / 64 / 127 sit on either side of a 64-bit word)
+    blocked = torch.zeros(130, dtype=torch.bool)
+    blocked[[3, 7]] = True
+    draws = torch.tensor([5, 3, 5, 9, 0, 3, 7, 63, 64, 127, 64])
+    assert native.unique_unblocked(draws, blocked).tolist() == [0, 5, 9, 63, 64, 127]
+    assert native.unique_unblocked(torch.tensor([3, 7, 3]), blocked).numel() == 0
+    if native.available():
+        with pytest.raises(IndexError, match=r"outside \[0, 130\)"):
+            native.unique_unblocked(torch.tensor([1, 130]), blocked)
+
+
+def test_index_fill_sets_values_and_moves_the_version():
+    w = torch.arange(1.0, 100_001.0)
+    m = torch.zeros(100_000, dtype=torch.bool)
+    idx = torch.tensor([0, 5, 5, 99_999])  # a repeated index sets the same value twice
+    v = m._version
+    native.index_fill_(w, idx, 0.0)
+    native.index_fill_(m, idx, True)
+    assert w[[0, 1, 5, 6, 99_998, 99_999]].tolist() == [0.0, 2.0, 0.0, 7.0, 99_999.0, 0.0]
+    assert m.nonzero().squeeze(1).tolist() == [0, 5, 99_999]
+    assert m._version > v  # caches keyed by (data_ptr, _version) see the change
+    native.index_fill_(m, torch.tensor([5]), False)
+    assert m.nonzero().squeeze(1).tolist() == [0, 99_999]
+    with pytest.raises(IndexError):
+        native.index_fill_(w, torch.tensor([100_000]), 0.0)
+    assert w[99_999] == 0.0 and w[99_998] == 99_999.0  # nothing written on a bad index
+
+
 def test_flat_nonzero_is_row_major_for_any_layout_and_dtype():
     mask = torch.zeros(8, 16, 8, 8, dtype=torch.bool)  # 8192 entries: above the native cut-off
     mask[0, 0, 0, 1] = mask[3, 5, 2, 7] = mask[7, 15, 7, 7] = True

@@ -9,8 +9,10 @@
  *   dst_sddmm: out[o(k)] = sum_b <A[b][row(k)], B[b][col(k)]>  (A @ B^T sampled at S's pattern;
  *              o(k) = operm[k] or k: the gradient is written in the caller's values order)
  *
- * and two helpers of the dense format: dst_mask_zero (a gradient kept at the active weights) and
- * dst_flat_nonzero (the active set of a mask, for the engine's updates).
+ * and helpers of the dense format and the engine's updates: dst_mask_zero (a gradient kept at
+ * the active weights), dst_fill_f32 / dst_fill_u8 (a commit's writes), dst_nonzero_count and
+ * dst_nonzero_write (the active set of a mask) and dst_unique_unblocked (the rejection step of
+ * the growth sampler).
  *
  * With an offset array, entry k reads B's row col[k] starting off[k] elements later (or earlier):
  * a k x k convolution on zero-padded, row-flattened feature maps is then the same SpMM, with
@@ -20,6 +22,7 @@
  */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4))); /* unaligned access */
@@ -180,49 +183,137 @@ void dst_mask_zero(int64_t n, float *g, const uint8_t *mask, int nthreads) {
     }
 }
 
-/* The flat indices of the non-zero bytes of mask[0:n], ascending, into out (room for cap);
- * returns the count (only counts when out is NULL; -1 - count when cap is too small). Fixed
- * chunks of 64 Ki bytes are counted, then each writes from its prefix offset, so the output
- * never depends on the thread count. */
-int64_t dst_flat_nonzero(int64_t n, const uint8_t *mask, int64_t *out, int64_t cap,
-                         int nthreads) {
-    const int64_t chunk = 65536;
-    const int64_t nchunks = (n + chunk - 1) / chunk;
-    int64_t *base = (int64_t *)malloc((size_t)(nchunks + 1) * sizeof(int64_t));
-    if (!base)
+/* t[idx[k]] = v for k < n, t of numel elements (float32 or bytes): the commit of an update
+ * (pruned and grown weights, their optimizer state and mask entries). Independent random
+ * stores, spread over the threads. Returns -1, writing nothing, if an index is outside
+ * [0, numel). */
+static int indices_in_range(int64_t n, const int64_t *idx, int64_t numel, int nthreads) {
+    int bad = 0;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (n > 65536) reduction(| : bad)
+    for (int64_t k = 0; k < n; ++k)
+        bad |= idx[k] < 0 || idx[k] >= numel;
+    return !bad;
+}
+
+int64_t dst_fill_f32(int64_t n, const int64_t *idx, float *t, float v, int64_t numel,
+                     int nthreads) {
+    if (!indices_in_range(n, idx, numel, nthreads))
         return -1;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (n > 16384)
+    for (int64_t k = 0; k < n; ++k)
+        t[idx[k]] = v;
+    return 0;
+}
+
+int64_t dst_fill_u8(int64_t n, const int64_t *idx, uint8_t *t, int v, int64_t numel,
+                    int nthreads) {
+    if (!indices_in_range(n, idx, numel, nthreads))
+        return -1;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (n > 16384)
+    for (int64_t k = 0; k < n; ++k)
+        t[idx[k]] = (uint8_t)v;
+    return 0;
+}
+
+/* Bit 8k of the result is set when byte k of w (little-endian) is non-zero. */
+static inline uint64_t byte_flags(uint64_t w) {
+    w |= w >> 4;
+    w |= w >> 2;
+    w |= w >> 1;
+    return w & 0x0101010101010101ULL;
+}
+
+static inline uint64_t load_word(const uint8_t *p) {
+    uint64_t w;
+    memcpy(&w, p, sizeof w);
+    return w;
+}
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define DST_WORDS 0 /* byte k of a word is not bits 8k..8k+7: byte at a time */
+#else
+#define DST_WORDS 1
+#endif
+
+#define NZ_CHUNK 65536 /* bytes of mask per task of dst_nonzero_count / dst_nonzero_write */
+
+/* The active set of a mask, in two passes over fixed chunks of NZ_CHUNK bytes (so the output
+ * never depends on the thread count): dst_nonzero_count writes base[0:nchunks+1], the prefix
+ * sums of the chunks' non-zero byte counts, and returns the total; dst_nonzero_write then
+ * writes the flat indices of the non-zero bytes, ascending, chunk c from out[base[c]] on, and
+ * returns 0, or -1 if a chunk's count no longer matched (the mask changed in between; it never
+ * writes past base[c + 1]). Eight bytes at a time (a word's non-zero bytes as bits); the write
+ * pass takes 64 bytes at once and stores one index per set bit. */
+int64_t dst_nonzero_count(int64_t n, const uint8_t *mask, int64_t *base, int nthreads) {
+    const int64_t nchunks = (n + NZ_CHUNK - 1) / NZ_CHUNK;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunks > 4)
     for (int64_t c = 0; c < nchunks; ++c) {
-        const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
-        int64_t count = 0;
-        for (int64_t i = lo; i < hi; ++i)
+        const int64_t lo = c * NZ_CHUNK, hi = lo + NZ_CHUNK < n ? lo + NZ_CHUNK : n;
+        int64_t i = lo, count = 0;
+        if (DST_WORDS)
+            for (; i + 8 <= hi; i += 8)
+                count += __builtin_popcountll(byte_flags(load_word(mask + i)));
+        for (; i < hi; ++i)
             count += mask[i] != 0;
         base[c + 1] = count;
     }
     base[0] = 0;
     for (int64_t c = 0; c < nchunks; ++c)
         base[c + 1] += base[c];
-    const int64_t total = base[nchunks];
-    if (!out) {
-        free(base);
-        return total;
-    }
-    if (total > cap) {
-        free(base);
-        return -1 - total;
-    }
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunks > 4)
+    return base[nchunks];
+}
+
+/* Bit k of the result is set when byte k of p[0:64] is non-zero. */
+static inline uint64_t bits64(const uint8_t *p) {
+    uint64_t r = 0;
+    for (int w = 0; w < 8; ++w)
+        r |= ((byte_flags(load_word(p + 8 * w)) * 0x0102040810204080ULL) >> 56) << (8 * w);
+    return r;
+}
+
+int64_t dst_nonzero_write(int64_t n, const uint8_t *mask, const int64_t *base, int64_t *out,
+                          int nthreads) {
+    const int64_t nchunks = (n + NZ_CHUNK - 1) / NZ_CHUNK;
+    int changed = 0;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunks > 4) \
+    reduction(| : changed)
     for (int64_t c = 0; c < nchunks; ++c) {
-        const int64_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
-        int64_t j = base[c], last = hi - 1;
-        while (last >= lo && !mask[last])
-            --last;
-        /* branch-free up to the chunk's last set byte, so j never passes the chunk's range */
-        for (int64_t i = lo; i <= last; ++i) {
-            out[j] = i;
-            j += mask[i] != 0;
-        }
+        const int64_t lo = c * NZ_CHUNK, hi = lo + NZ_CHUNK < n ? lo + NZ_CHUNK : n;
+        const int64_t end = base[c + 1];
+        int64_t i = lo, j = base[c];
+        if (DST_WORDS) /* 64 bytes at a time: their set bits, then one store per set bit */
+            for (; i + 64 <= hi; i += 64)
+                for (uint64_t f = bits64(mask + i); f; f &= f - 1) {
+                    if (j < end)
+                        out[j] = i + __builtin_ctzll(f);
+                    ++j;
+                }
+        for (; i < hi; ++i)
+            if (mask[i]) {
+                if (j < end)
+                    out[j] = i;
+                ++j;
+            }
+        changed |= j != end;
     }
-    free(base);
-    return total;
+    return changed ? -1 : 0;
+}
+
+/* Sorted distinct draws[k] (each in [0, numel)) whose byte of blocked is 0, written to out
+ * (room for n); returns their count, or -1 if a draw is out of range. bits: numel bits,
+ * zeroed by the caller. The sampler's rejection step (sample_free): one pass, no sort. */
+int64_t dst_unique_unblocked(int64_t n, const int64_t *draws, const uint8_t *blocked,
+                             int64_t numel, uint64_t *bits, int64_t *out) {
+    for (int64_t k = 0; k < n; ++k) {
+        const int64_t d = draws[k];
+        if (d < 0 || d >= numel)
+            return -1;
+        if (!blocked[d])
+            bits[d >> 6] |= (uint64_t)1 << (d & 63);
+    }
+    int64_t j = 0;
+    for (int64_t w = 0; w < (numel + 63) >> 6; ++w)
+        for (uint64_t b = bits[w]; b; b &= b - 1)
+            out[j++] = (w << 6) + __builtin_ctzll(b);
+    return j;
 }

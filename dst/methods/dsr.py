@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .._checks import check_fraction
 from .base import GrowPlan, Method, Prune, UpdateContext
 
@@ -48,7 +50,7 @@ class DSR(Method):
         orders = []
         for st in ctx.layers:
             mag = st.values.abs()
-            k = min(int((mag < h).sum()), st.n_active - 1)
+            k = min(int(torch.count_nonzero(mag < h)), st.n_active - 1)
             orders.append(Prune(mag, k, h))
         pruned = sum(o.count for o in orders)
         n_p = self.target_count(ctx.budget)

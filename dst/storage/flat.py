@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..kernels.native import flat_nonzero
+from ..kernels.native import flat_nonzero, index_fill_
 
 __all__ = ["all_finite", "flat_fill_", "flat_get", "flat_nonzero", "index_dtype", "materialize"]
 
@@ -24,7 +24,7 @@ def flat_fill_(t: Tensor, idx: Tensor, value: float | bool) -> None:
     if idx.numel() == 0:
         return
     if t.is_contiguous():
-        t.view(-1).index_fill_(0, idx, value)
+        index_fill_(t.view(-1), idx, value)
     else:
         t.index_put_(torch.unravel_index(idx, t.shape), torch.tensor(value, dtype=t.dtype,
                                                                       device=t.device))
