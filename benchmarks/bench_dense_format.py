@@ -2,7 +2,10 @@
 
 1. SparseLinear 2048x2048, batch 128, ``format="dense"``, ``backend="dense"``, forward +
    ``loss.backward()`` accumulating into ``.grad`` (what training does) against ``nn.Linear``
-   at 90 % and 95 % sparsity; beside it the old way (a ``weight * mask`` product per forward).
+   at 90 % and 95 % sparsity; beside it the old way (a ``weight * mask`` product per forward)
+   and the parts of the dense format: ``F.linear`` on a plain parameter (nn.Linear's math:
+   how far two identical computations differ here) and the same with the in-place gradient
+   mask pass as a post-accumulate hook (the dense format's only extra work).
 2. The same layer with ``backend="auto"`` against ``backend="dense"``, both formats.
 3. One training step (forward, backward, SGD with Nesterov momentum and weight decay) of a
    sparse model in the dense format at density 0.1 against the same model with plain layers:
@@ -26,6 +29,7 @@ from _results import HERE, command, machine, table, write_csv, write_section
 from torch import nn
 
 import dst
+from dst.kernels.native import mask_zero_
 from dst.models import build_model
 
 DEV = torch.device("cpu")  # --device
@@ -52,6 +56,12 @@ def _best(fns: dict, repeats: int, inner: int) -> dict[str, float]:
     return best
 
 
+def _mask_hook(mask):
+    def hook(p):
+        mask_zero_(p.grad, mask)
+    return hook
+
+
 def bench_linear(repeats: int) -> list[dict]:
     torch.manual_seed(0)
     x = torch.randn(128, 2048, device=DEV)
@@ -69,11 +79,18 @@ def bench_linear(repeats: int) -> list[dict]:
                 fwd(x).sum().backward()
             return run
 
+        plain_w = nn.Parameter(sp.weight.detach().clone())  # the parts of the dense format
+        hooked_w = nn.Parameter(sp.weight.detach().clone())
+        hooked_w.register_post_accumulate_grad_hook(_mask_hook(mask))
         fns = {"nn.Linear": step(ref, [ref.weight, ref.bias]),
                "SparseLinear dense format": step(sp, [sp.weight, sp.bias]),
                "old: weight * mask per forward": step(
                    lambda z, w=old_w, m=mask, b=sp.bias: F.linear(z, w * m, b),
-                   [old_w, sp.bias])}
+                   [old_w, sp.bias]),
+               "parts: F.linear (nn.Linear's math, the noise floor)": step(
+                   lambda z, w=plain_w, b=sp.bias: F.linear(z, w, b), [plain_w, sp.bias]),
+               "parts: F.linear + the in-place gradient mask pass": step(
+                   lambda z, w=hooked_w, b=sp.bias: F.linear(z, w, b), [hooked_w, sp.bias])}
         best = _best(fns, repeats, 5)
         for k in list(fns)[1:]:
             rows.append({"benchmark": f"SparseLinear 2048x2048, batch 128, s={s}: {k}",

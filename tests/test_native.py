@@ -216,6 +216,9 @@ def test_index_fill_sets_values_and_moves_the_version():
     with pytest.raises(IndexError):
         native.index_fill_(w, torch.tensor([100_000]), 0.0)
     assert w[99_999] == 0.0 and w[99_998] == 99_999.0  # nothing written on a bad index
+    many = torch.randint(100_000, (50_000,), generator=torch.Generator().manual_seed(0))
+    expect = w.clone().index_fill_(0, many, -1.0)  # above the threads' cut-off: in parallel
+    assert torch.equal(native.index_fill_(w, many, -1.0), expect)
 
 
 def test_flat_nonzero_is_row_major_for_any_layout_and_dtype():

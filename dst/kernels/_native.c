@@ -195,25 +195,18 @@ static int indices_in_range(int64_t n, const int64_t *idx, int64_t numel, int nt
     return !bad;
 }
 
-int64_t dst_fill_f32(int64_t n, const int64_t *idx, float *t, float v, int64_t numel,
-                     int nthreads) {
-    if (!indices_in_range(n, idx, numel, nthreads))
-        return -1;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (n > 16384)
-    for (int64_t k = 0; k < n; ++k)
-        t[idx[k]] = v;
-    return 0;
-}
+#define DEFINE_FILL(name, T, V)                                                         \
+    int64_t name(int64_t n, const int64_t *idx, T *t, V v, int64_t numel, int nthreads) {  \
+        if (!indices_in_range(n, idx, numel, nthreads))                                    \
+            return -1;                                                                     \
+        _Pragma("omp parallel for schedule(static) num_threads(nthreads) if (n > 16384)")   \
+        for (int64_t k = 0; k < n; ++k)                                                    \
+            t[idx[k]] = (T)v;                                                              \
+        return 0;                                                                          \
+    }
 
-int64_t dst_fill_u8(int64_t n, const int64_t *idx, uint8_t *t, int v, int64_t numel,
-                    int nthreads) {
-    if (!indices_in_range(n, idx, numel, nthreads))
-        return -1;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (n > 16384)
-    for (int64_t k = 0; k < n; ++k)
-        t[idx[k]] = (uint8_t)v;
-    return 0;
-}
+DEFINE_FILL(dst_fill_f32, float, float)
+DEFINE_FILL(dst_fill_u8, uint8_t, int)
 
 /* Bit 8k of the result is set when byte k of w (little-endian) is non-zero. */
 static inline uint64_t byte_flags(uint64_t w) {
