@@ -30,8 +30,7 @@ import torch
 from torch.autograd.graph import increment_version
 
 __all__ = ["NativeBuildError", "available", "build", "cache_dir", "flat_nonzero", "index_fill_",
-           "mask_zero_",
-           "sddmm", "spmm", "unique_unblocked", "usable"]
+           "mask_zero_", "sddmm", "spmm", "unique_unblocked", "usable"]
 
 SOURCE = Path(__file__).with_name("_native.c")
 FLAG_SETS = (
