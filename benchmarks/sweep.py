@@ -17,9 +17,12 @@ machine.
     python benchmarks/sweep.py --jobs 2 --set trainer.device=cuda   # on a GPU
     dst-report benchmarks/results/wrn28_2_subset          # the table from the records
 
-Order: density 0.1 before 0.2; within a density seed 0 of every method before seed 1;
-``--seeds-main`` seeds of dense, dsr, static, set and dsr_structured, ``--seeds-rest`` of the
-others.
+Order: density 0.1 before 0.2; within a density seed 0 of every method before seed 1. At the
+first density ``--seeds-main`` seeds (default 5, the paper's runs per cell) of dense, dsr,
+static, set, rigl and snfs and ``--seeds-rest`` (default 3) of the others; at later densities
+``--seeds-rest`` of every method. ``static_2x`` and ``thin_dense_2x`` (the paper's protocol:
+its static baselines train twice as long as DSR, with the same schedule shape) run at the
+first density only.
 """
 
 from __future__ import annotations
@@ -52,9 +55,14 @@ from dst.environment import cpu_kind, gpu_model  # noqa: E402
 from dst.records import config_hash, machine_of  # noqa: E402
 
 BENCH = REPO / "benchmarks"
-MAIN = ("dense", "dsr", "static", "set", "dsr_structured")
-REST = ("thin_dense", "static_erk", "snip", "rigl", "snfs", "gmp", "lottery", "static_from_mask")
-PRESETS = {"static_erk": ["sparsity=static", "sparsity.distribution=erk"]}
+MAIN = ("dense", "dsr", "static", "set", "rigl", "snfs")
+REST = ("dsr_structured", "thin_dense", "static_erk", "snip", "gmp", "lottery",
+        "static_from_mask", "static_2x", "thin_dense_2x")
+PRESETS = {"static_erk": ["sparsity=static", "sparsity.distribution=erk"],
+           "static_2x": ["sparsity=static"], "thin_dense_2x": ["sparsity=thin_dense"]}
+# the paper trains its static baselines for twice DSR's epochs (LR milestones are fractions of
+# trainer.epochs, so the schedule keeps its shape); at the first density only
+EPOCH_FACTOR = {"static_2x": 2, "thin_dense_2x": 2}
 # one-shot lottery ticket: rewind to step 50 (~1 epoch of 51, 3 % of a 30-epoch run; Frankle et
 # al. 2020 rewind to 0.5-5 % of training for CIFAR ResNets)
 TICKET_REWIND = 50  # --ticket-rewind
@@ -70,6 +78,7 @@ class Job:
     density: float
     seed: int
     overrides: list[str]
+    epochs: int = 30
     needs: dict[str, str] = field(default_factory=dict)  # dependency job name -> artifact kind
     hash: str = ""
     provides: str | None = None  # artifact kind this run must leave ("masks" | "weights")
@@ -89,8 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="wrn28_2", help="model preset (conf/model)")
     p.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.2])
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--seeds-main", type=int, default=3, help="seeds of " + ", ".join(MAIN))
-    p.add_argument("--seeds-rest", type=int, default=2, help="seeds of " + ", ".join(REST))
+    p.add_argument("--seeds-main", type=int, default=5, help="seeds at the first density of "
+                   + ", ".join(MAIN))
+    p.add_argument("--seeds-rest", type=int, default=3, help="seeds of the other methods, and "
+                   "of every method at later densities")
     p.add_argument("--methods", nargs="+", default=None, choices=MAIN + REST)
     p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                    help="an override for every run (repeatable); it changes the config hash "
@@ -150,21 +161,27 @@ def plan(args: argparse.Namespace) -> list[Job]:
     """Every run, in priority order, each after the runs it needs, with its config hash."""
     wanted = set(args.methods or MAIN + REST)
     common = [f"model={args.model}", "data=npz", f"data.path={data_file(args.data_path)}",
-              f"trainer.epochs={args.epochs}", "trainer.channels_last=true",
-              "trainer.tensorboard=false", "trainer.progress=false", *args.extra]
+              "trainer.channels_last=true", "trainer.tensorboard=false",
+              "trainer.progress=false", *args.extra]
 
     def job(method: str, density: float, seed: int) -> Job:
         preset = PRESETS.get(method, [f"sparsity={method}"])
         dens = [] if method == "dense" else [f"sparsity.density={density:g}"]
+        epochs = args.epochs * EPOCH_FACTOR.get(method, 1)
         return Job(run_name(method, density, seed), method, density, seed,
-                   [*common, *preset, *dens, f"seed={seed}"])
+                   [*common, f"trainer.epochs={epochs}", *preset, *dens, f"seed={seed}"],
+                   epochs)
+
+    def seeds(m: str, first: bool) -> int:
+        return args.seeds_main if first and m in MAIN else args.seeds_rest
 
     jobs: list[Job] = []
     for d in args.densities:
+        first = d == args.densities[0]
         for s in range(args.seeds_main):
-            order = MAIN + (REST if s < args.seeds_rest else ())
-            for m in order:
-                if m not in wanted or (m == "dense" and d != args.densities[0]):
+            for m in MAIN + REST:
+                if m not in wanted or s >= seeds(m, first) or (
+                        not first and (m == "dense" or m in EPOCH_FACTOR)):
                     continue
                 j = job(m, 1.0 if m == "dense" else d, s)
                 if m in ("gmp", "lottery"):
@@ -250,7 +267,8 @@ def estimate_minutes(job: Job, records: list[dict], where: str, threads: int, jo
     ``default`` minutes per 30 epochs."""
     same = [r for r in records if machine_of(r) == where and r.get("threads") == threads
             and r.get("jobs") == jobs and r.get("wall_time") and r.get("epochs")]
-    for pool in ([r for r in same if r["method"] == job.method], same):
+    kin = (job.method, job.method.removesuffix("_2x"))  # a 2x run: its preset's per-epoch time
+    for pool in ([r for r in same if r["method"] in kin], same):
         if pool:
             per_epoch = statistics.median(r["wall_time"] / len(r["epochs"]) for r in pool)
             return per_epoch * epochs / 60.0
@@ -302,7 +320,7 @@ def execute(jobs: list[Job], args) -> list[str]:
                     lost.add(j.name)
                     pending.remove(j)
                     continue
-                est = estimate_minutes(j, records, where, args.threads, args.jobs, args.epochs,
+                est = estimate_minutes(j, records, where, args.threads, args.jobs, j.epochs,
                                        args.default_minutes)
                 elapsed = (time.time() - start) / 60
                 if args.budget_minutes is not None and elapsed + est > args.budget_minutes:

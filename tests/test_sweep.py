@@ -30,15 +30,26 @@ def test_plan_order_counts_and_dependencies(tmp_path):
     jobs = _plan(tmp_path, "--densities", "0.2", "0.1", "--seeds-main", "3", "--seeds-rest",
                  "2")
     names = [j.name for j in jobs]
-    # dense once per seed; per density 4 sparse main methods x 3 seeds and 8 others x 2
-    assert len(names) == len(set(names)) == 3 + 2 * (4 * 3 + 2 * 8)
+    # density 0.1 (the first): dense x 3, 5 sparse main methods x 3, 9 others x 2 (the 2x
+    # baselines included); density 0.2: 5 sparse main + 7 others (no dense, no 2x) x 2
+    assert len(names) == len(set(names)) == 3 + 5 * 3 + 9 * 2 + (5 + 7) * 2
     per_method = Counter(j.method for j in jobs)
-    assert per_method["dense"] == 3 and per_method["dsr"] == 6 and per_method["lottery"] == 4
-    assert per_method["dsr_structured"] == 6
+    assert per_method["dense"] == 3 and per_method["dsr"] == 5 and per_method["lottery"] == 4
+    assert per_method["rigl"] == 5 and per_method["dsr_structured"] == 4
+    assert per_method["static_2x"] == per_method["thin_dense_2x"] == 2
     # density 0.1 first; within it every method of seed 0 before any of seed 1
-    assert all(j.density in (0.1, 1.0) for j in jobs[:28])
+    assert all(j.density in (0.1, 1.0) for j in jobs[:36])
     first_s1 = next(i for i, j in enumerate(jobs) if j.seed == 1)
     assert {j.method for j in jobs[:first_s1]} == set(sweep.MAIN + sweep.REST)
+    assert [j.name for j in jobs if j.seed == 2] == [
+        f"{m}_d{1 if m == 'dense' else 0.1}_s2" for m in sweep.MAIN]
+    # the 2x baselines: twice the epochs, the rest of the preset as the 1x one
+    two = next(j for j in jobs if j.method == "static_2x")
+    one = next(j for j in jobs if j.name == two.name.replace("_2x", ""))
+    assert two.epochs == 60 and "trainer.epochs=60" in two.overrides
+    assert "trainer.epochs=30" in one.overrides and two.hash != one.hash
+    assert sorted(set(two.overrides) ^ set(one.overrides)) == ["trainer.epochs=30",
+                                                              "trainer.epochs=60"]
     by = {j.name: j for j in jobs}
     fm, gmp, lot = by["static_from_mask_d0.2_s1"], by["gmp_d0.1_s0"], by["lottery_d0.1_s1"]
     dsr = by["dsr_d0.2_s1"]
@@ -183,18 +194,19 @@ def test_gpu_script_plans_the_density_01_matrix_with_the_cpu_hashes(tmp_path):
     assert out.returncode == 0, out.stderr
     heads = [ln[2:].split(":")[0] for ln in out.stdout.splitlines() if ln.startswith("# ")]
     cmds = [ln for ln in out.stdout.splitlines() if not ln.startswith("#")]
-    assert len(heads) == 31 and all("trainer.device=cuda" in c for c in cmds)
+    # 6 main methods x 5 seeds, 9 others x 3
+    assert len(heads) == 6 * 5 + 9 * 3 and all("trainer.device=cuda" in c for c in cmds)
     cpu = {j.key for j in _plan(tmp_path, "--densities", "0.1")}
     assert set(heads) == cpu
 
 
 def test_a_narrower_invocation_keeps_the_rest_of_the_plan(tmp_path):
     wide = sweep.parse_args(["--results", str(tmp_path / "res"), "--densities", "0.1", "0.2",
-                             "--seeds-main", "1", "--seeds-rest", "0"])
+                             "--seeds-main", "1", "--seeds-rest", "1"])
     jobs = sweep.plan(wide)
     sweep.write_plan(wide, jobs, set())
     narrow = sweep.parse_args(["--results", str(tmp_path / "res"), "--densities", "0.1",
-                               "--seeds-main", "1", "--seeds-rest", "0"])
+                               "--seeds-main", "1", "--seeds-rest", "1"])
     few = sweep.plan(narrow)
     sweep.write_plan(narrow, few, {few[0].key}, running={few[1].name})
     runs = {r["name"]: r for r in
