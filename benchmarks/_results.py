@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from dst.environment import cpu_kind
-from dst.report import replace_section
+from dst.runs import replace_section
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"

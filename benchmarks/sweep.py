@@ -396,8 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_report:
         from dst.report import main as report
 
-        rel = [os.path.relpath(p, REPO) for p in (args.results, BENCH, BENCH / "RESULTS.md")]
-        report([rel[0], "--out", rel[1], "--results-md", rel[2]])
+        rel = [os.path.relpath(p, REPO) for p in (args.results, BENCH, BENCH / "RESULTS.md",
+                                                  REPO / "README.md")]
+        report([rel[0], "--out", rel[1], "--results-md", rel[2], "--readme", rel[3]])
     if left:
         print("not finished: " + ", ".join(left), file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import convert
 from ._checks import check_choice, check_density
+from .channels import channel_removal
 from .engine import SparseEngine
 from .environment import environment
 from .loop import Run, finish, fit
@@ -27,6 +28,7 @@ from .slim import average_gradients_
 from .summary import model_summary
 from .trainer import (
     AMP_MODES,
+    CHECKPOINT_FORMAT,
     CheckpointError,
     atomic_write,
     build_scheduler,
@@ -271,7 +273,7 @@ def setup(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> Run:
         engine = SparseEngine(model, optimizer, method, update_every=schedule, stop_step=stop,
                               seed=cfg.seed, check=bool(t.debug_checks))
     net = model
-    if world > 1 and engine is not None and engine.groups:  # layers shrink: no DDP buckets
+    if world > 1 and channel_removal(engine) is not None:  # layers shrink: no DDP buckets
         if t.amp == "fp16":
             raise ConfigError("structured sparsity on several processes averages gradients "
                               "itself, which fp16's GradScaler cannot follow: use "
@@ -327,7 +329,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> dict:
         if r.main and src_init.is_file() and not init_path.is_file():
             save_checkpoint(init_path, load_checkpoint(src_init))
     elif r.main:  # the dense weights at step 0: for rewinding and static_from_mask
-        save_checkpoint(init_path, {"format": "dst-checkpoint-v1", "model": r.init_state,
+        save_checkpoint(init_path, {"format": CHECKPOINT_FORMAT, "model": r.init_state,
                                     "config": OmegaConf.to_container(cfg)})
     text, totals = model_summary(r.model, r.data.input_shape)  # incl. per-layer dense MACs
     r.info["environment"] = env = environment()  # versions, commit, CPU/GPU model

@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 from .records import load_records, machine_of
-from .report import Group, ReportError, Run, group_runs, plot_acc_vs_params
+from .runs import Group, ReportError, Run, group_runs, plot_acc_vs_params
+from .stats import Paired, holm, paired_t
 from .trainer import atomic_write
 
 # Mostafa & Wang (ICML 2019) Table 2 and Dettmers & Zettlemoyer (SNFS): WRN-28-2 on the full
@@ -66,12 +67,52 @@ def cells(records: list[dict], plan: list[dict]) -> tuple[dict, list[dict]]:
     return out, stale
 
 
+def differences(dsr: list[dict], other: list[dict]) -> list[float]:
+    """DSR − X of the final accuracy, per seed both recorded (in seed order)."""
+    a = {r["seed"]: r["final_test_acc1"] for r in dsr}
+    return [a[r["seed"]] - r["final_test_acc1"]
+            for r in sorted(other, key=lambda r: r["seed"]) if r["seed"] in a]
+
+
 def paired(dsr: list[dict], other: list[dict]) -> tuple[float | None, float | None, int]:
     """DSR − X of the final accuracy over the seeds both recorded: (mean, sd, n)."""
-    a = {r["seed"]: r["final_test_acc1"] for r in dsr}
-    diffs = [a[r["seed"]] - r["final_test_acc1"] for r in other if r["seed"] in a]
+    diffs = differences(dsr, other)
     mean, sd = _mean_sd(diffs)
     return mean, sd, len(diffs)
+
+
+def tests(cell_map: dict) -> dict[float, list[tuple[str, Paired, float | None]]]:
+    """Per DSR density: (X, the paired t test of DSR − X, its Holm-adjusted p over the
+    comparisons at that density) for every other method recorded there (dense included)."""
+    out = {}
+    for d in sorted(d for (m, d), c in cell_map.items() if m == "dsr" and c["records"]):
+        dsr = cell_map[("dsr", d)]["records"]
+        rows = []
+        for key in sorted(cell_map, key=_order):
+            m, dd = key
+            if m == "dsr" or not (dd == d or m == "dense"):
+                continue
+            diffs = differences(dsr, cell_map[key]["records"])
+            if diffs:
+                rows.append((m, paired_t(diffs)))
+        adjusted = holm([t.p for _, t in rows])
+        out[d] = [(m, t, a) for (m, t), a in zip(rows, adjusted, strict=True)]
+    return out
+
+
+def _p(v: float | None) -> str:
+    return "—" if v is None else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")
+
+
+def tests_markdown(cell_map: dict) -> list[str]:
+    md = []
+    for d, rows in tests(cell_map).items():
+        m = sum(t.p is not None for _, t, _ in rows)
+        md += ["", f"### Paired tests at density {d:g} (DSR − X; Holm over the {m} tests)", "",
+               *_md_table(["X", "n", "DSR − X", "t", "p", "p (Holm)"], [
+                   [x, str(t.n), _pm(t.mean, t.sd), "—" if t.t is None else f"{t.t:.2f}",
+                    _p(t.p), _p(a)] for x, t, a in rows])]
+    return md
 
 
 def _order(key):
@@ -184,6 +225,31 @@ def structured_sentence(cell_map: dict) -> str | None:
     return ("After slimming: " + "; ".join(parts) + ".") if parts else None
 
 
+def headline(cell_map: dict) -> str:
+    """The short table for the README: per method, the test accuracy at each density (mean ±
+    sd, seeds) and DSR − X with its Holm-adjusted p."""
+    dens = sorted({d for (m, d), c in cell_map.items() if m != "dense" and c["records"]})
+    by = {d: {m: (t, a) for m, t, a in rows} for d, rows in tests(cell_map).items()}
+    head = ["method"] + [f"{h} at density {d:g}" for d in dens for h in
+                         ("test acc (%)", "DSR − X, p (Holm)")]
+    rows = []
+    for key in sorted(cell_map, key=_order):
+        m, d = key
+        if m != "dense" and d != dens[0]:
+            continue
+        row = [m]
+        for dd in dens:
+            c = cell_map.get(key if m == "dense" else (m, dd))
+            recs = c["records"] if c else []
+            acc = _mean_sd([r["final_test_acc1"] for r in recs])
+            row.append(f"{_pm(*acc)} (n={len(recs)})" if recs else "—")
+            t, a = by.get(dd, {}).get(m, (None, None))
+            row.append("(reference)" if m == "dsr" else "—" if t is None else
+                       f"{t.mean:+.2f}, p {_p(a)}")
+        rows.append(row)
+    return "\n".join(_md_table(head, rows))
+
+
 def write(folder: Path, out_dir: Path, title: str | None = None) -> dict:
     folder = Path(folder)
     records, bad = load_records(folder)
@@ -212,7 +278,10 @@ def write(folder: Path, out_dir: Path, title: str | None = None) -> dict:
           "dense model's, averaged over training; '+ dense run' (or '+ dsr run'): the run "
           "starts from that run's trained weights or final masks, whose training comes on "
           "top. min / run: wall minutes, mean over machines (per machine below). "
-          "status: seeds still to run or running.", "",
+          "status: seeds still to run or running.", *tests_markdown(cell_map), "",
+          "t: Student's paired t of DSR − X over the seeds both have (n − 1 degrees of "
+          "freedom); p: two-sided; p (Holm): Holm's step-down correction over the tests at "
+          "that density.", "",
           "## Against the paper (WRN-28-2, full CIFAR-10, 200 epochs, 90 % sparse)", "",
           "| method | paper | ours at density 0.1 (subset) |", "|---|---|---|"]
     for m, p in PAPER_D01.items():
@@ -236,7 +305,8 @@ def write(folder: Path, out_dir: Path, title: str | None = None) -> dict:
     w.writerows([head, *rows])
     atomic_write(files[1], lambda p: p.write_text(buf.getvalue()))
     files += plots(cell_map, out, title)
-    return {"cells": cell_map, "stale": stale, "files": files, "markdown": "\n".join(md)}
+    return {"cells": cell_map, "stale": stale, "files": files, "markdown": "\n".join(md),
+            "headline": headline(cell_map) if any(m == "dsr" for m, _ in cell_map) else ""}
 
 
 def plots(cell_map: dict, out: Path, title: str) -> list[Path]:

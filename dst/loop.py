@@ -15,9 +15,11 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from . import convert
+from .channels import channel_removal
 from .runlog import RunLog
 from .summary import layer_backends, model_summary, param_counts
 from .trainer import (
+    CHECKPOINT_FORMAT,
     build_scheduler,
     evaluate,
     progress_printer,
@@ -68,7 +70,7 @@ def _fmt(v) -> str:
 
 def checkpoint_state(r: Run) -> dict:
     return {
-        "format": "dst-checkpoint-v1", "config": OmegaConf.to_container(r.cfg),
+        "format": CHECKPOINT_FORMAT, "config": OmegaConf.to_container(r.cfg),
         "epoch": r.epoch, "step": r.step, "best_acc1": r.best, "round": r.round,
         "wall": r.wall0, "model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
         "scheduler": r.scheduler.state_dict(), "scaler": r.scaler.state_dict(),
@@ -280,7 +282,8 @@ def finish(r: Run, totals: dict) -> dict:
         "skipped_optimizer_steps": engine.skipped_steps if engine is not None else 0,
         "replica_fingerprints": gather_fingerprints(r.model, r.world), **r.info,
     }
-    if engine is not None and engine.groups:  # structured: what slimming left
+    channels = channel_removal(engine)
+    if channels is not None:  # structured: what slimming left
         # densities stay relative to the model asked for (the same parameter count as DSR's),
         # the cut-down sizes beside them
         summary.update(params_dense_slimmed=summary["params_dense"],
@@ -290,7 +293,8 @@ def finish(r: Run, totals: dict) -> dict:
                        pool_density=summary["pool_active"] / totals["pool_size"])
         layers = dict(convert.sparse_layers(r.model))
         summary["channels"] = {g.producer: [layers[g.producer].weight_shape[0], n]
-                               for g, n in zip(engine.groups, engine.n_channels, strict=True)}
+                               for g, n in zip(channels.groups, channels.n_channels,
+                                               strict=True)}
         summary["dense_macs_ratio_final"] = final["flops_dense"] / totals["flops_dense"]
     if len(set(summary["replica_fingerprints"])) > 1:
         log.error("DDP replicas differ at the end of training: %s",

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from .environment import cpu_kind
-from .trainer import atomic_write, load_checkpoint, save_checkpoint
+from .runs import train_flops_ratio
+from .trainer import CHECKPOINT_FORMAT, atomic_write, load_checkpoint, save_checkpoint
 
 RECORD_VERSION = 1
 # keys that never change what a run computes
@@ -128,8 +129,6 @@ def build_record(run_dir: Path, *, sweep: str, name: str, method: str, density: 
                            "layers": {n: [float(r[2 + i]) for r in history[1:]]
                                       for i, n in enumerate(names)}}
     env = summary.get("environment") or {}
-    from .report import train_flops_ratio
-
     return {
         "record_version": RECORD_VERSION, "sweep": sweep, "name": name, "method": method,
         "density": density, "seed": seed, "config_hash": config_hash(cfg),
@@ -192,11 +191,11 @@ def save_mask_artifact(run_dir: Path, path: Path) -> None:
             packed[f"{name}.packed_mask"] = torch.from_numpy(bits)
     if not packed:
         raise ValueError(f"{run_dir} holds no dense-format mask to save")
-    save_checkpoint(Path(path), {"format": "dst-checkpoint-v1", "model": packed})
+    save_checkpoint(Path(path), {"format": CHECKPOINT_FORMAT, "model": packed})
 
 
 def save_weights_artifact(run_dir: Path, path: Path) -> None:
     """The final model state_dict of a run (a trained dense model for gmp and lottery)."""
     state = load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")
-    save_checkpoint(Path(path), {"format": "dst-checkpoint-v1", "model": state["model"],
+    save_checkpoint(Path(path), {"format": CHECKPOINT_FORMAT, "model": state["model"],
                                  "config": state.get("config")})

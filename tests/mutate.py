@@ -1,7 +1,7 @@
 """Mutation check of the rule tests: does each single wrong rule turn the tests red?
 
 Each mutation below replaces one exact snippet of the code with a plausible mistake (a rule of
-docs/dsr-spec.md broken in one place). For every mutation the harness copies ``dst/``,
+docs/methods.md broken in one place). For every mutation the harness copies ``dst/``,
 ``tests/``, ``conf/`` and ``pyproject.toml`` to a scratch directory, applies the replacement
 there (never in the working tree) and runs the mutation's test files with pytest, the scratch
 copy first on the import path. A mutation is KILLED when a test fails, SURVIVED when all pass
@@ -53,7 +53,7 @@ class Mutation:
 
 M = Mutation
 MUTATIONS = [
-    # ------------------------------------------------------------------ DSR (spec §3)
+    # ------------------------------------------------------------------ DSR (docs/methods.md#rules)
     M("dsr_grow_equal", "dst/methods/dsr.py",
       "weights=[float(s) for s in survivors]", "weights=[1.0 for s in survivors]",
       (RULES, "tests/test_dsr.py"), "regrowth shared equally instead of by survivors R_l"),
@@ -86,14 +86,14 @@ MUTATIONS = [
     M("structured_producer_only_score", "dst/methods/dsr_structured.py",
       "umm = (rows.sum(1) + cols.sum(1))", "umm = (rows.sum(1) + 0 * cols.sum(1))",
       ("tests/test_structured.py",), "channel score ignores the consumer's column"),
-    M("structured_remove_highest", "dst/engine.py",
+    M("structured_remove_highest", "dst/channels.py",
       "gone = select(scores, k, st.kept.to(scores.device)).tolist()",
       "gone = select(scores, k, st.kept.to(scores.device), largest=True).tolist()",
       ("tests/test_structured.py",), "removes the channels of highest score, not lowest"),
-    M("structured_freed_not_regrown", "dst/engine.py",
+    M("structured_freed_not_regrown", "dst/update.py",
       "total = sum(pruned) + sum(freed)", "total = sum(pruned)",
       ("tests/test_structured.py",), "removed channels' weights are not regrown: budget falls"),
-    M("structured_momentum_not_cut", "dst/slim.py",
+    M("structured_momentum_not_cut", "dst/cut.py",
       "                state[k] = cut_tensor(v, dim, keep)\n",
       "                state[k] = v.narrow(dim, 0, keep.numel()).clone()\n",
       ("tests/test_structured.py",), "optimizer state cut by position, not by kept channel"),
@@ -200,11 +200,11 @@ MUTATIONS = [
       'if self.init == "original":', "if False:",
       (RULES_B, "tests/test_from_mask.py"), "init='original' keeps the fresh weights"),
     # ------------------------------------------------------------------ the engine
-    M("ties_by_position", "dst/engine.py",
+    M("ties_by_position", "dst/selection.py",
       "key = ties if flat is None else flat.index_select(0, ties)", "key = ties",
       ("tests/test_exactness.py",), "ties at the cut broken by position in the cache, not by "
       "flat index: a resumed run prunes other weights"),
-    M("threshold_trusted_unchecked", "dst/engine.py",
+    M("threshold_trusted_unchecked", "dst/selection.py",
       "        if int(torch.count_nonzero(chosen)) == k:\n", "        if True:\n",
       ("tests/test_exactness.py", RULES), "a method's threshold taken as the cut without "
       "checking that exactly k scores lie under it"),

@@ -111,7 +111,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(tmp_path):
     run(cfg_of(common), tmp_path)
     ckpt = tmp_path / "checkpoints" / "last.pt"
     ckpt.write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception, match="corrupt or unreadable"):
+    with pytest.raises(Exception, match="corrupt or not a torch file"):
         run(cfg_of([*common, "trainer.epochs=2", "trainer.resume=true"]), tmp_path)
     assert ckpt.read_bytes() == b"not a checkpoint"
 

@@ -129,7 +129,7 @@ def test_snip_errors_are_clear():
 # ----------------------------------------------------------------------------- thin dense
 def test_thin_wrn28_2_matches_the_sparse_count():
     target = sparse_param_target("wrn28_2", {}, 10, 0.1, "paper")
-    assert target == 161242  # the spec's WRN-28-2 total at s = 0.9
+    assert target == 161242  # the paper's WRN-28-2 total at s = 0.9
     hydra_kwargs = {"_target_": "dst.models.build_model", "name": "wrn", "depth": 28,
                     "widen_factor": 2, "dropout": 0.0}
     assert sparse_param_target("wrn", hydra_kwargs, 10, 0.1, "paper") == target

@@ -103,3 +103,30 @@ def test_wall_time_is_broken_out_by_machine_and_runs_at_once():
     assert rows == [["AMD EPYC (avx512)", "2 x 1", "3", "20.0", "10.0-40.0"],
                     ["Xeon", "1 x 2", "1", "15.0", "15.0-15.0"],
                     ["Xeon", "not recorded", "1", "5.0", "5.0-5.0"]]
+
+
+def test_report_prints_paired_t_p_and_holm_and_the_readme_headline(tmp_path):
+    res = tmp_path / "res"
+    res.mkdir()
+    # DSR - static per seed: 1, 2, 3 -> t = 2 sqrt 3, p = 1 - sqrt(12/14) = 0.0742 (2 df);
+    # DSR - set per seed: 3, 1 -> t = 2, p = 1 - 2 atan(2) / pi = 0.2952 (1 df);
+    # DSR - dense: one seed, no test. Holm over the two tests: 2 x 0.0742 = 0.1484, then
+    # max(0.1484, 1 x 0.2952) = 0.2952
+    records = [rec("dsr", 0.1, s, a) for s, a in enumerate((71.0, 72.0, 73.0))]
+    records += [rec("static", 0.1, s, a) for s, a in enumerate((70.0, 70.0, 70.0))]
+    records += [rec("set", 0.1, 0, 68.0), rec("set", 0.1, 1, 71.0), rec("dense", 1.0, 0, 75.0)]
+    for r in records:
+        (res / f"{r['name']}-{r['config_hash']}.json").write_text(json.dumps(r))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- BEGIN headline -->\nold\n<!-- END headline -->\n\nrest\n")
+    assert report_main([str(res), "--out", str(tmp_path / "out"), "--readme",
+                        str(readme)]) == 0
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "### Paired tests at density 0.1 (DSR − X; Holm over the 2 tests)" in md
+    assert "| static | 3 | 2.00 ± 1.00 | 3.46 | 0.074 | 0.148 |" in md
+    assert "| set | 2 | 2.00 ± 1.41 | 2.00 | 0.295 | 0.295 |" in md
+    assert "| dense | 1 | -4.00 | — | — | — |" in md
+    head = readme.read_text()
+    assert "\nold\n" not in head and head.endswith("\nrest\n")
+    assert "| static | 70.00 ± 0.00 (n=3) | +2.00, p 0.148 |" in head
+    assert "| dsr | 72.00 ± 1.00 (n=3) | (reference) |" in head

@@ -72,13 +72,13 @@ def test_compact_memory_grows_with_active_count():
     assert n_dense - n_compact == pool - sparse_params
 
 
-def test_paper_split_pool_sizes_match_the_spec():
+def test_paper_split_pool_sizes_match_the_paper():
     wrn = build_model("wrn28_2")
     made = dst.sparsify_(wrn, 0.1, filter_fn=dst.paper_filter(wrn, dense_fc=True))
     assert len(made) == 24 and sum(m.numel_dense for _, m in made) == 1_451_520
     assert sum(p.numel() for p in wrn.parameters() if p.requires_grad) == 1_467_610
     total_active = sum(m.n_active for _, m in made) + 1_467_610 - 1_451_520
-    assert total_active == 161_242  # the spec's WRN-28-2 parameter count at s = 0.9
+    assert total_active == 161_242  # the paper's WRN-28-2 parameter count at s = 0.9
     r50 = build_model("resnet50", num_classes=1000)
     made = dst.sparsify_(r50, 0.1, filter_fn=dst.paper_filter(r50, dense_fc=False))
     assert sum(m.numel_dense for _, m in made) == 22_724_608

@@ -1,4 +1,4 @@
-"""DSR against small cases computed by hand (docs/dsr-spec.md §3)."""
+"""DSR against small cases computed by hand (docs/methods.md#rules)."""
 
 import pytest
 import torch

@@ -8,8 +8,8 @@ from helpers import TinyNet, batch, dense_only, make_method
 from torch import nn
 
 import dst
-from dst.engine import select
 from dst.methods import METHODS
+from dst.selection import select
 
 DYNAMIC = sorted(n for n, m in METHODS.items() if m.changes_masks)
 

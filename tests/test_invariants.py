@@ -8,6 +8,7 @@ import torch
 from helpers import TinyNet, batch, dense_only, make_method, train_steps
 
 import dst
+from dst.channels import channel_removal
 from dst.methods import METHODS
 
 OPTIMIZERS = {
@@ -42,8 +43,8 @@ def _build(method_name, fmt, opt_name, seed):
 def original(engine, name, t):
     """``t`` (of layer ``name``'s current weight shape) in the layer's original shape, zeros at
     the channels a structured method removed (identity for every other method)."""
-    layers = dict(engine.layers)
-    for g, n in zip(engine.groups, engine.n_channels, strict=True):
+    layers, cut = dict(engine.layers), channel_removal(engine)
+    for g, n in zip(cut.groups, cut.n_channels, strict=True) if cut is not None else ():
         for dim, owner in ((0, g.producer), (1, g.consumer)):
             if owner == name and t.shape[dim] != n:
                 shape = list(t.shape)
@@ -54,7 +55,7 @@ def original(engine, name, t):
 
 def state_at(opt, engine, name, layer, flat_idx):
     """Optimizer state values at flat positions of the layer's original shape."""
-    if not engine.groups:
+    if channel_removal(engine) is None:
         return opt_state_at(opt, layer, flat_idx)
     param = layer.storage.param
     return [original(engine, name, v).reshape(-1)[flat_idx]

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from dst.report import Group, build_report, main, plot_styles, train_flops_ratio, x_factors
+from dst.report import build_report, main
+from dst.runs import Group, plot_styles, train_flops_ratio, x_factors
 
 MACS = {"stem": 100, "a": 100, "b": 300}
 HISTORY = "step,epoch,a,b\n20,1,0.2,0.1\n60,2,0.1,0.2\n"

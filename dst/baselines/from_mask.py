@@ -9,9 +9,7 @@ for both (``init="fresh"`` / ``"original"``); the masks come from the source run
 from __future__ import annotations
 
 import logging
-import pickle
 import warnings
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..convert import set_masks_, sparse_layers
+from ..trainer import CheckpointError, safe_load
 from .lottery import rewind_
 from .snip import require_full_density
 
@@ -51,11 +50,9 @@ def _checkpoint(source, name: str) -> Path:
 
 def _load_model_state(path: Path) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError,
-            ValueError) as e:
-        raise ValueError(f"{path} is corrupt or not a torch file "
-                         f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        state = safe_load(path)
+    except CheckpointError as e:
+        raise ValueError(str(e)) from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise ValueError(f"{path} is not a dst checkpoint (expected a dict with a 'model' "
                          "state_dict)")

@@ -15,8 +15,9 @@ One signature per role:
   follows it down.
 * ``channels(ctx, groups) -> list[(scores, count)]`` (methods with ``removes_channels``): per
   channel group (:mod:`dst.slim`), a score for each current channel (lowest removed first) and
-  how many to remove now. The engine prunes the removed channels' weights, cuts the layers down
-  and adds the freed weights to what the update regrows.
+  how many to remove now. The engine's channel-removal hook (:mod:`dst.channels`) prunes the
+  removed channels' weights, cuts the layers down and adds the freed weights to what the update
+  regrows.
 * ``observe(step, grads)``: called every step with dense gradients when ``dense_grad ==
   "always"`` (e.g. to keep a momentum of them).
 """
@@ -74,6 +75,28 @@ class ChannelState:
     @property
     def n_channels(self) -> int:
         return int(self.kept.numel())
+
+
+class EngineHook:
+    """Work the engine runs around each update besides pruning and growing (structured DSR's
+    channel removal, :class:`dst.channels.ChannelRemoval`; ``SparseEngine(hooks=...)``).
+
+    ``attach`` runs once when the engine is built; ``before_update`` at each update, before the
+    method prunes, and returns the active weights it removed per layer (the engine regrows them
+    with the pruned ones, so the budget stays exact); ``state_dict`` entries are saved with the
+    engine's."""
+
+    def attach(self, model: nn.Module, engine) -> None:  # noqa: B027 - optional
+        """Set up for ``engine`` (checks that fail before the first batch belong here)."""
+
+    def before_update(self, engine, step: int) -> list[int]:
+        return [0] * len(engine.layers)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027 - stateless by default
+        """Restore what :meth:`state_dict` returned (from the engine's whole state)."""
 
 
 class Prune(NamedTuple):

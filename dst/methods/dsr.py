@@ -1,4 +1,4 @@
-"""Dynamic Sparse Reparameterization (Mostafa & Wang, ICML 2019); see docs/dsr-spec.md §3."""
+"""Dynamic Sparse Reparameterization (Mostafa & Wang, ICML 2019); rules: docs/methods.md#dsr."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Structured DSR: DSR whose updates also remove whole channels, so the layers get physically
-smaller while they train (the rule: README, *Structured DSR*; the cut: :mod:`dst.slim`).
+smaller while they train (the rule: docs/methods.md#structured-dsr; the cut: :mod:`dst.slim`).
 
 Sources: the channel statistic and the gradual channel schedule follow Chase (Yin et al.,
 *Dynamic Sparsity Is Channel-Level Sparsity Learner*, NeurIPS 2023: unit mean magnitude, channels

@@ -1,4 +1,4 @@
-"""Weight initialisation shared by every model (spec section 2).
+"""Weight initialisation shared by every model (docs/methods.md#initialisation).
 
 - Conv layers: He init with fan-out, N(0, sqrt(2 / (k_h * k_w * C_out))).
 - Linear layers: weight U(-1/sqrt(fan_in), +1/sqrt(fan_in)).
@@ -16,7 +16,7 @@ _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 def init_weights(model: nn.Module) -> nn.Module:
-    """Initialise ``model`` in place per the spec and return it."""
+    """Initialise ``model`` in place by the rules above and return it."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

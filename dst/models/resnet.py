@@ -61,7 +61,7 @@ class ImageNetResNet(nn.Module):
 
 
 def resnet50(num_classes: int = 1000, width_multiplier: float = 1.0) -> nn.Module:
-    """ResNet-50 (v1.5, torchvision) with the spec init; ``width_multiplier`` != 1 gives the
+    """ResNet-50 (v1.5, torchvision) with dst's init; ``width_multiplier`` != 1 gives the
     thin dense baseline with the same module names."""
     if width_multiplier == 1.0:
         model = torchvision.models.resnet50(weights=None, num_classes=num_classes)

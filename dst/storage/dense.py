@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..cut import cut_param_, cut_tensor
 from ..kernels.native import mask_zero_
 from ..kernels.structure import CSRStructure
 from .base import Change, Storage
@@ -150,8 +151,6 @@ class DenseStorage(Storage):
     def cut_(self, dim: int, keep: Tensor, optimizer=None) -> None:
         """Keep the channels ``keep`` along ``dim`` of the weight, its mask and optimizer
         state (structured slimming, :mod:`dst.slim`)."""
-        from ..slim import cut_param_, cut_tensor
-
         cut_param_(self.layer.weight, dim, keep, optimizer)
         self.layer._buffers["mask"] = cut_tensor(self.mask, dim, keep)
         self._active = self._count = None
