@@ -39,6 +39,7 @@ TIMEOUT_S = 300  # per pytest run; the slowest set takes a few seconds
 
 RULES = "tests/test_rules.py"
 RULES_B = "tests/test_rules_baselines.py"
+GROWTH = "tests/test_growth.py"
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,40 @@ MUTATIONS = [
     M("from_mask_original_is_fresh", "dst/baselines/from_mask.py",
       'if self.init == "original":', "if False:",
       (RULES_B, "tests/test_from_mask.py"), "init='original' keeps the fresh weights"),
+    # ------------------------------------------------------------------ where weights grow
+    M("sampler_permutation_lowest_free", "dst/allocate.py",
+      "        return free[torch.randperm(free.numel(), generator=gen)[:count]]",
+      "        return free[:count]", (GROWTH,),
+      "grown weights placed at the lowest free positions (permutation path)"),
+    M("sampler_rejection_lowest_accepted", "dst/allocate.py",
+      "draws = draws.index_select(0, torch.randperm(draws.numel(), generator=gen)[:need])",
+      "draws = draws[:need]", (GROWTH,),
+      "the lowest of the accepted draws kept, not a random subset (rejection path)"),
+    M("sampler_rejection_misses_last", "dst/allocate.py",
+      "draws = torch.randint(numel, (", "draws = torch.randint(numel - 1, (", (GROWTH,),
+      "the last position can never be drawn"),
+    M("sampler_rejection_keeps_repeats", "dst/allocate.py",
+      "draws = draws[~torch.isin(draws, picked)]", "draws = draws", (GROWTH,),
+      "a later round may draw a position an earlier round took"),
+    M("growth_stream_ignores_step", "dst/update.py",
+      "rng.generator(seed, step, st.index)", "rng.generator(seed, 0, st.index)", (GROWTH,),
+      "the random stream for growth does not depend on the step"),
+    M("growth_stream_ignores_layer", "dst/update.py",
+      "rng.generator(seed, step, st.index)", "rng.generator(seed, step, 0)", (GROWTH,),
+      "every layer grows from the same random stream"),
+    M("residue_stream_is_layer_zero", "dst/update.py",
+      "RESIDUE_LAYER = -1", "RESIDUE_LAYER = 0", (GROWTH,),
+      "the allocation's residue draws from layer 0's growth stream"),
+    M("key_ignores_order", "dst/rng.py",
+      "        h = _splitmix64(h ^ (int(p) & _MASK64))",
+      "        h ^= _splitmix64(int(p) & _MASK64)", (GROWTH,),
+      "(seed, step, layer) mixed order-free: (1, 2, 3) and (1, 3, 2) share a stream"),
+    M("key_drops_sign", "dst/rng.py",
+      "h ^ (int(p) & _MASK64)", "h ^ (abs(int(p)) & _MASK64)", (GROWTH,),
+      "layer -1 (the residue) and layer 1 share a stream"),
+    M("splitmix_wrong_constant", "dst/rng.py",
+      "0xBF58476D1CE4E5B9", "0xBF58476D1CE4E5B8", (GROWTH,),
+      "the mixer is not SplitMix64: every mask differs from the recorded runs'"),
     # ------------------------------------------------------------------ the engine
     M("ties_by_position", "dst/selection.py",
       "key = ties if flat is None else flat.index_select(0, ties)", "key = ties",
