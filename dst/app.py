@@ -309,10 +309,32 @@ def restore(r: Run, path: Path) -> None:
     set_rng_state(state["rng"])
     r.epoch, r.step, r.best = state["epoch"], state["step"], state["best_acc1"]
     r.wall0 = state.get("wall", 0.0)
+    r.totals = dict(state.get("totals") or {})  # the model at step 0, not at this restart
+    r.last_eval = dict(state.get("last_eval") or {})  # a run killed after its last epoch
     src = path.parent.parent
     r.runlog.truncate(r.epoch, r.step, None if src.resolve() == r.out_dir.resolve() else src)
     if r.main:
         log.info("resumed from %s at epoch %d (step %d)", path, r.epoch, r.step)
+
+
+def _remove_stale_temp_files(folder: Path) -> None:
+    """Temp files a killed process left mid-write (the rename never came)."""
+    for p in folder.glob(".*.tmp-*") if folder.is_dir() else ():
+        p.unlink(missing_ok=True)
+
+
+def _check_init(r: Run, init_path: Path) -> None:
+    """A run restarting from its beginning makes the weights its init.pt holds (same config
+    and seed), or the run directory belongs to another run."""
+    if not init_path.is_file():
+        return
+    saved = load_checkpoint(init_path)
+    _check_compatible(OmegaConf.create(saved.get("config") or {}), r.cfg, init_path)
+    model = saved["model"]
+    if set(model) != set(r.init_state) or any(not torch.equal(model[k], v)
+                                              for k, v in r.init_state.items()):
+        raise CheckpointError(f"{init_path} holds other initial weights than this run makes "
+                              "(another seed or model): use another run directory")
 
 
 def run(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> dict:
@@ -323,6 +345,16 @@ def run(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> dict:
     t = cfg.trainer
     init_path = out_dir / "checkpoints" / "init.pt"
     resume = _resume_path(t.resume, out_dir)
+    if r.main:
+        _remove_stale_temp_files(out_dir / "checkpoints")
+    if resume is not None and t.resume in (True, "true") and not resume.is_file():
+        _check_init(r, init_path)  # a requeued run killed before its first checkpoint
+        if r.main:
+            log.info("no checkpoint in %s yet: starting the run from its beginning%s",
+                     resume.parent, " (the initial weights equal init.pt's)"
+                     if init_path.is_file() else "")
+        r.runlog.truncate(0, 0)
+        resume = None
     if resume is not None:
         restore(r, resume)
         src_init = resume.parent / "init.pt"
@@ -332,12 +364,16 @@ def run(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> dict:
         save_checkpoint(init_path, {"format": CHECKPOINT_FORMAT, "model": r.init_state,
                                     "config": OmegaConf.to_container(cfg)})
     text, totals = model_summary(r.model, r.data.input_shape)  # incl. per-layer dense MACs
+    if r.totals:  # resumed: the summary describes the model the run started with
+        totals = r.totals
+    r.totals = totals
     r.info["environment"] = env = environment()  # versions, commit, CPU/GPU model
     if r.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(out_dir / "environment.json",
                      lambda p: p.write_text(json.dumps(env, indent=2) + "\n"))
-        (out_dir / "model_summary.txt").write_text(text + "\n")
+        if resume is None or not (out_dir / "model_summary.txt").is_file():  # at step 0
+            (out_dir / "model_summary.txt").write_text(text + "\n")
         log.info("model summary\n%s", text)
         log.info("data %s: %d train batches/epoch (x%d ranks), %d eval batches; device %s",
                  r.data.name, r.steps_per_epoch, r.world, len(r.data.test), r.device)

@@ -58,6 +58,7 @@ class Run:
     wall0: float = 0.0
     last_eval: dict = field(default_factory=dict)
     round: int = 0  # lottery round
+    totals: dict = field(default_factory=dict)  # the model summary at step 0 (MACs, params)
 
     @property
     def main(self) -> bool:
@@ -75,6 +76,7 @@ def checkpoint_state(r: Run) -> dict:
         "wall": r.wall0, "model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
         "scheduler": r.scheduler.state_dict(), "scaler": r.scaler.state_dict(),
         "engine": r.engine.state_dict() if r.engine is not None else None, "rng": rng_state(),
+        "totals": r.totals, "last_eval": r.last_eval,
     }
 
 

@@ -143,6 +143,7 @@ def test_state_dict_roundtrip_continues_identically(method_name, fmt):
     train_steps(model, opt, engine, 0, 30)
     saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(),
                            "engine": engine.state_dict()})
+    reported = copy.deepcopy(engine.method.state())  # what a summary written now would say
     train_steps(model, opt, engine, 30, 20)
 
     model2, opt2, engine2 = build(method_name, fmt, opt_name="adam", seed=0)
@@ -150,6 +151,7 @@ def test_state_dict_roundtrip_continues_identically(method_name, fmt):
     model2.load_state_dict(saved["model"])
     opt2.load_state_dict(saved["opt"])
     engine2.load_state_dict(saved["engine"])
+    assert engine2.method.state() == reported
     train_steps(model2, opt2, engine2, 30, 20)
     assert engine2.step_count == engine.step_count
     for (n, a), (_, b) in zip(dst.sparse_layers(model), dst.sparse_layers(model2), strict=True):

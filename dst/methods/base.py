@@ -190,3 +190,9 @@ class DecayedMagnitudePrune(Method):
 
     def state(self) -> dict:
         return {"fraction": self._fraction}
+
+    def state_dict(self) -> dict:
+        return {"fraction": self._fraction}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._fraction = float(state.get("fraction", self.prune_fraction))

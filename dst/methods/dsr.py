@@ -69,7 +69,8 @@ class DSR(Method):
         return {"threshold": self.threshold, **self._last}
 
     def state_dict(self) -> dict:
-        return {"threshold": self.threshold}
+        return {"threshold": self.threshold, "last": dict(self._last)}
 
     def load_state_dict(self, state: dict) -> None:
         self.threshold = float(state["threshold"])
+        self._last = dict(state.get("last") or {})  # the last update's figures, for reports

@@ -47,7 +47,9 @@ class GMP(Method):
         return dict(self._last)
 
     def state_dict(self) -> dict:
-        return {"start": list(self._start), "final": list(self._final)}
+        return {"start": list(self._start), "final": list(self._final),
+                "last": dict(self._last)}
 
     def load_state_dict(self, state: dict) -> None:
         self._start, self._final = list(state["start"]), list(state["final"])
+        self._last = dict(state.get("last") or {})

@@ -48,7 +48,8 @@ class SNFS(DecayedMagnitudePrune):
         return GrowPlan(scores=scores, weights=weights)
 
     def state_dict(self) -> dict:
-        return {"momentum_buffers": [b.clone() for b in self._buffers]}
+        return {**super().state_dict(), "momentum_buffers": [b.clone() for b in self._buffers]}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self._buffers = [b.clone() for b in state.get("momentum_buffers", [])]
