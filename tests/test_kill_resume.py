@@ -19,7 +19,8 @@ ARGS = ["model=resnet20", "data=synthetic", "data.n_train=256", "data.n_test=64"
         "data.batch_size=32", "data.image_size=16", "trainer.tensorboard=false",
         "trainer.progress=false", "trainer.epochs=5", "sparsity=dsr",
         "sparsity.schedule.unit=step", "sparsity.schedule.period_unit=step",
-        "sparsity.schedule.period=[[0,3]]", "sparsity.schedule.stop=30", "trainer.num_threads=1", "trainer.resume=true"]
+        "sparsity.schedule.period=[[0,3]]", "sparsity.schedule.stop=30",
+        "trainer.num_threads=1", "trainer.resume=true"]
 # torch.save that stops between writing the temp file and the rename (a kill lands there)
 SLOW_SAVE = """
 import sys, time, torch
