@@ -13,8 +13,8 @@ from pathlib import Path
 
 from _results import HERE, machine, table, write_section
 
+from dst.checkpoint import atomic_write
 from dst.runlog import plot_density_csv
-from dst.trainer import atomic_write
 
 
 def plot_curves(metrics: list[dict], png: Path, title: str) -> None:

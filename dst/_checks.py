@@ -37,3 +37,12 @@ def check_fraction(value: object, name: str, *, allow_zero: bool = False) -> flo
         bounds = "[0, 1]" if allow_zero else "(0, 1]"
         raise ValueError(f"{name} must be in {bounds}, got {value!r}")
     return v
+
+
+def drop_nulls(node):
+    """``node`` without null values at any depth: an option at its null default is absent."""
+    if isinstance(node, dict):
+        return {k: drop_nulls(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [drop_nulls(v) for v in node]
+    return node

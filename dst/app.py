@@ -16,27 +16,24 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import convert
-from ._checks import check_choice, check_density
+from ._checks import check_choice, check_density, drop_nulls
 from .channels import channel_removal
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from .engine import SparseEngine
 from .environment import environment
 from .loop import Run, finish, fit
-from .records import drop_nulls
 from .runlog import RunLog
 from .schedules import PeriodSchedule
 from .slim import average_gradients_
 from .summary import model_summary
-from .trainer import (
-    AMP_MODES,
-    CHECKPOINT_FORMAT,
-    CheckpointError,
-    atomic_write,
-    build_scheduler,
-    load_checkpoint,
-    make_scaler,
-    save_checkpoint,
-    set_rng_state,
-)
+from .trainer import AMP_MODES, build_scheduler, make_scaler
 
 log = logging.getLogger("dst")
 FILTERS = ("paper", "paper_sparse_fc", "all")

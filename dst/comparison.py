@@ -18,10 +18,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from .checkpoint import atomic_write
 from .records import load_records, machine_of
 from .runs import Group, ReportError, Run, group_runs, plot_acc_vs_params
 from .stats import Paired, holm, paired_t
-from .trainer import atomic_write
 
 # Mostafa & Wang (ICML 2019) Table 2 and Dettmers & Zettlemoyer (SNFS): WRN-28-2 on the full
 # CIFAR-10, 90 % sparse (our density 0.1), 200 epochs, mean of 5 seeds

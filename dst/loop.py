@@ -16,17 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import convert
 from .channels import channel_removal
+from .checkpoint import CHECKPOINT_FORMAT, rng_state, save_checkpoint
 from .runlog import RunLog
 from .summary import layer_backends, model_summary, param_counts
-from .trainer import (
-    CHECKPOINT_FORMAT,
-    build_scheduler,
-    evaluate,
-    progress_printer,
-    rng_state,
-    save_checkpoint,
-    train_one_epoch,
-)
+from .trainer import build_scheduler, evaluate, progress_printer, train_one_epoch
 
 log = logging.getLogger("dst")
 
@@ -172,7 +165,7 @@ def fit_ticket(r: Run) -> bool:
     model and seed: the same first steps) and train the rest of the run under that mask from
     the rewind step's weights. One run's cost instead of a dense run plus a sparse one."""
     from .baselines import prune_to_ticket_
-    from .trainer import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     s, total = r.cfg.sparsity, r.cfg.trainer.epochs
     rewind = 0 if s.get("rewind", "init") == "init" else s.rewind

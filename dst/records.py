@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._checks import drop_nulls
+from .checkpoint import CHECKPOINT_FORMAT, atomic_write, load_checkpoint, save_checkpoint
 from .environment import cpu_kind
 from .runs import train_flops_ratio
-from .trainer import CHECKPOINT_FORMAT, atomic_write, load_checkpoint, save_checkpoint
 
 RECORD_VERSION = 1
 # keys that never change what a run computes
@@ -43,15 +44,6 @@ def _walk(cfg: dict, dotted: str):
         if node is None:
             return None, leaf
     return (node if isinstance(node, dict) else None), leaf
-
-
-def drop_nulls(node):
-    """``node`` without null values at any depth: an option at its null default is absent."""
-    if isinstance(node, dict):
-        return {k: drop_nulls(v) for k, v in node.items() if v is not None}
-    if isinstance(node, list):
-        return [drop_nulls(v) for v in node]
-    return node
 
 
 def canonical_config(cfg: dict) -> dict:

@@ -16,6 +16,7 @@ import io
 import sys
 from pathlib import Path
 
+from .checkpoint import atomic_write
 from .comparison import write
 from .runs import (
     Group,
@@ -25,7 +26,6 @@ from .runs import (
     plot_acc_vs_params,
     replace_section,
 )
-from .trainer import atomic_write
 
 
 def _fmt(v, spec: str) -> str:

@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-from .trainer import atomic_write
+from .checkpoint import atomic_write
 
 
 def _clean(v):

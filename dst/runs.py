@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .trainer import atomic_write
+from .checkpoint import atomic_write
 
 METHOD_ORDER = ("dense", "thin_dense", "static", "snip", "static_from_mask", "lottery", "gmp",
                 "set", "snfs", "rigl", "dsr")

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from .app import ConfigError, run
-from .trainer import CheckpointError
+from .checkpoint import CheckpointError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 USER_ERRORS = (ConfigError, CheckpointError, ValueError, FileNotFoundError, TypeError,

@@ -76,6 +76,34 @@ def test_dst_has_no_import_cycle():
     assert cycles(graph) == []
 
 
+# the layers of docs/architecture.md: a module imports only from its own layer or lower ones
+LAYERS = {
+    1: ("dst._checks", "dst.checkpoint", "dst.rng", "dst.distributions", "dst.schedules",
+        "dst.cut", "dst.stats", "dst.models", "dst.data"),
+    2: ("dst.kernels", "dst.storage", "dst.selection"),
+    3: ("dst.layers", "dst.twins", "dst.convert", "dst.allocate", "dst.slim", "dst.summary"),
+    4: ("dst.methods", "dst.update", "dst.channels", "dst.engine", "dst.baselines"),
+    5: ("dst.trainer", "dst.runlog", "dst.environment", "dst.loop", "dst.app", "dst.train"),
+    6: ("dst.runs", "dst.report", "dst.comparison", "dst.records"),
+}
+
+
+def layer_of(module: str) -> int | None:
+    for n, prefixes in LAYERS.items():
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return n
+    return None
+
+
+def test_modules_import_only_from_their_layer_or_below():
+    graph = import_graph(REPO / "dst")
+    unplaced = sorted(m for m in graph if m != "dst" and layer_of(m) is None)
+    assert unplaced == [], "place these modules in a layer (and in docs/architecture.md)"
+    upward = sorted(f"{m} -> {d}" for m, deps in graph.items() if m != "dst"
+                    for d in deps if d != "dst" and layer_of(d) > layer_of(m))
+    assert upward == []
+
+
 def test_the_check_sees_lazy_and_package_level_cycles(tmp_path):
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dst.baselines import load_run_masks
-from dst.trainer import (
+from dst.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     load_checkpoint,

@@ -8,7 +8,7 @@ from test_app import QUICK, cfg_of
 
 import dst
 from dst.app import engine_schedule, run
-from dst.trainer import load_checkpoint
+from dst.checkpoint import load_checkpoint
 
 
 def test_one_shot_ticket_keeps_the_trained_largest_and_trains_from_the_rewind_step(tmp_path):
@@ -67,7 +67,7 @@ def test_thin_dense_preset_never_has_fewer_parameters_than_the_sparse_model(tmp_
 def test_a_checkpoint_from_before_a_new_null_option_still_resumes(tmp_path):
     """Checkpoints of the previous release have no start_density/driver/match keys: at their
     null default an option counts as absent, so they resume; a real difference still fails."""
-    from dst.trainer import CheckpointError, save_checkpoint
+    from dst.checkpoint import CheckpointError, save_checkpoint
 
     common = [*QUICK, "sparsity=static", "trainer.epochs=2"]
     assert run(cfg_of([*common, "trainer.stop_after=1"]), tmp_path)["epoch"] == 1

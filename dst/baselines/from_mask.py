@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import CheckpointError, safe_load
 from ..convert import set_masks_, sparse_layers
-from ..trainer import CheckpointError, safe_load
 from .lottery import rewind_
 from .snip import require_full_density
 
