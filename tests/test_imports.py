@@ -81,9 +81,11 @@ LAYERS = {
     1: ("dst._checks", "dst.checkpoint", "dst.rng", "dst.distributions", "dst.schedules",
         "dst.cut", "dst.stats", "dst.models", "dst.data"),
     2: ("dst.kernels", "dst.storage", "dst.selection"),
-    3: ("dst.layers", "dst.twins", "dst.convert", "dst.allocate", "dst.slim", "dst.summary"),
+    3: ("dst.layers", "dst.twins", "dst.convert", "dst.allocate", "dst.slim", "dst.summary",
+        "dst.export"),
     4: ("dst.methods", "dst.update", "dst.channels", "dst.engine", "dst.baselines"),
-    5: ("dst.trainer", "dst.runlog", "dst.environment", "dst.loop", "dst.app", "dst.train"),
+    5: ("dst.trainer", "dst.runlog", "dst.environment", "dst.loop", "dst.app", "dst.train",
+        "dst.export_cli"),
     6: ("dst.runs", "dst.report", "dst.comparison", "dst.records"),
 }
 
