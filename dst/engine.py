@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .channels import ChannelRemoval
 from .convert import sparse_layers
+from .itop import ExplorationTracker
 from .methods.base import EngineHook, Method
 from .schedules import PeriodSchedule, as_schedule
 from .selection import select  # noqa: F401 - dst.engine.select: the canonical rule, re-exported
@@ -62,7 +63,9 @@ class SparseEngine:
                              "dst.sparsify_(..., format='compact') or call dst.share_bank_(model)"
                              " before creating the optimizer")
         self._check_schedule()
-        self.hooks = [*([ChannelRemoval()] if method.removes_channels else []), *hooks]
+        self.exploration = ExplorationTracker()  # the in-time over-parameterization rate
+        self.hooks = [*([ChannelRemoval()] if method.removes_channels else []), *hooks,
+                      self.exploration]
         for hook in self.hooks:
             hook.attach(model, self)
         self.reset_budget()
@@ -173,6 +176,8 @@ class SparseEngine:
         for hook in self.hooks:
             freed = [a + b for a, b in zip(freed, hook.before_update(self, t), strict=True)]
         report, states, pruned = update(self, t, grads, freed)
+        for hook in self.hooks:
+            hook.after_update(self, t)
         if self.method.shrinks:
             self.layer_budget = [st.n_active - k for st, k in zip(states, pruned, strict=True)]
             self.budget = sum(self.layer_budget)

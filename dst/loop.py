@@ -110,6 +110,7 @@ def fit(r: Run, last_epoch: int, total_epochs: int, on_step=None) -> bool:
              "test_acc1": r.last_eval.get("acc1"), "test_acc5": r.last_eval.get("acc5"),
              "active_weights": counts["params_nonzero"],
              "model_density": counts["model_density"], "pool_density": counts["pool_density"],
+             "itop_rate": r.engine.exploration.rate if r.engine is not None else None,
              "time": train_time, "wall": r.wall0}
         if "lottery_densities" in r.info:  # iterative lottery rounds
             m["round"] = r.round
@@ -274,6 +275,7 @@ def finish(r: Run, totals: dict) -> dict:
         "backends": layer_backends(r.model),
         "method_state": engine.method.state() if engine is not None else {},
         "engine_steps": engine.step_count if engine is not None else 0,
+        "itop_rate": engine.exploration.rate if engine is not None else None,
         "skipped_optimizer_steps": engine.skipped_steps if engine is not None else 0,
         "replica_fingerprints": gather_fingerprints(r.model, r.world), **r.info,
     }

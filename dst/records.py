@@ -33,7 +33,7 @@ VOLATILE = ("trainer.device", "trainer.num_threads", "trainer.progress", "traine
 PATH_KEYS = ("data.path", "data.root", "sparsity.init.source", "sparsity.init_from",
              "sparsity.ticket_from")
 METRIC_KEYS = ("epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc1",
-               "test_acc5", "active_weights", "pool_density", "time")
+               "test_acc5", "active_weights", "pool_density", "itop_rate", "time")
 
 
 def _walk(cfg: dict, dotted: str):
@@ -141,6 +141,7 @@ def build_record(run_dir: Path, *, sweep: str, name: str, method: str, density: 
         "moved_per_update_mean": sum(moved) / len(moved) if moved else 0.0,
         "moved_per_update": moved,
         "final_layer_density": summary.get("final_layer_density"),
+        "itop_rate": summary.get("itop_rate"),
         "density_history": density_history,
         "epochs": [{k: m.get(k) for k in METRIC_KEYS} for m in metrics],
         "wall_time": summary.get("wall_time"), "steps": summary.get("steps"),

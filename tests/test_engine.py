@@ -185,3 +185,26 @@ def test_gmp_prunes_on_the_cubic_schedule_and_reaches_the_target():
     t = 15  # cubic: d_t = d_f + (1 - d_f)(1 - t/T)^3, per layer
     expected = 0.1 + 0.9 * (1 - t / 30) ** 3
     assert abs(history[t] / pool - expected) < 0.01
+
+
+def test_itop_rate_counts_positions_ever_active():
+    # one 4 x 4 layer at 4 active: SET prunes 1 of 4 (fraction 0.25) and grows 1 position that
+    # was free, so the first update adds a new position and 3 updates at most 3: 5/16 to 7/16;
+    # a static run stays at its density, 4/16
+    for method, low, high in ((SET(prune_fraction=0.25), 5, 7), (Static(), 4, 4)):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False))
+        dst.sparsify_(model, 0.25, filter_fn=lambda n, m: True)
+        engine = dst.SparseEngine(model, None, method, update_every=1)
+        assert engine.exploration.rate == 4 / 16
+        seen = model[0].mask.clone()
+        for _ in range(3):
+            engine.step()
+            seen |= model[0].mask
+        assert engine.exploration.rate == int(seen.sum()) / 16
+        assert low <= int(seen.sum()) <= high
+        state = engine.state_dict()
+        again = dst.SparseEngine(model, None, type(method)(), update_every=1)
+        assert again.exploration.rate == int(model[0].mask.sum()) / 16  # only the current mask
+        again.load_state_dict(state)
+        assert again.exploration.rate == engine.exploration.rate

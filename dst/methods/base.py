@@ -83,14 +83,17 @@ class EngineHook:
 
     ``attach`` runs once when the engine is built; ``before_update`` at each update, before the
     method prunes, and returns the active weights it removed per layer (the engine regrows them
-    with the pruned ones, so the budget stays exact); ``state_dict`` entries are saved with the
-    engine's."""
+    with the pruned ones, so the budget stays exact); ``after_update`` after the commit;
+    ``state_dict`` entries are saved with the engine's."""
 
     def attach(self, model: nn.Module, engine) -> None:  # noqa: B027 - optional
         """Set up for ``engine`` (checks that fail before the first batch belong here)."""
 
     def before_update(self, engine, step: int) -> list[int]:
         return [0] * len(engine.layers)
+
+    def after_update(self, engine, step: int) -> None:  # noqa: B027 - optional
+        """Called after each update's commit (e.g. to follow the masks)."""
 
     def state_dict(self) -> dict:
         return {}
