@@ -86,6 +86,7 @@ LAYERS = {
     4: ("dst.methods", "dst.update", "dst.channels", "dst.itop", "dst.engine",
         "dst.baselines"),
     5: ("dst.trainer", "dst.runlog", "dst.environment", "dst.loop", "dst.app", "dst.train",
+        "dst.integrations",
         "dst.export_cli"),
     6: ("dst.runs", "dst.report", "dst.comparison", "dst.records"),
 }
