@@ -64,8 +64,13 @@ class SparseBank:
         return self._offsets_cache[1]
 
     def slice_of(self, layer: nn.Module) -> Tensor:
-        off = self.offsets()[layer.storage.slot]
-        return self.values[off: off + layer.indices.numel()]
+        slot = layer.storage.slot
+        if torch.compiler.is_compiling():  # from the members' sizes: shape guards, which
+            # dynamic shapes generalise, instead of guards on the cache's Python ints
+            off = sum(m.indices.shape[0] for m in self._members[:slot])
+        else:
+            off = self.offsets()[slot]
+        return self.values.narrow(0, off, layer.indices.shape[0])
 
     def __repr__(self) -> str:
         return f"SparseBank(size={self.values.numel()}, layers={len(self._members)})"

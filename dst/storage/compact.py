@@ -165,9 +165,11 @@ def _commit_bank(bank: SparseBank, changes: dict[int, Change], optimizer) -> Non
             for v in optimizer.state.get(bank.values, {}).values():
                 if torch.is_tensor(v) and v.shape == bank.values.shape:
                     repack_(v)
+    counts = [int(layer.indices.numel()) for layer in bank._members]
     for layer, idx in zip(bank._members, new_indices, strict=True):
         layer.indices = idx
-    bank.bump()
+    if counts != [int(i.numel()) for i in new_indices]:
+        bank.bump()  # the offsets moved; unchanged ones keep their cache (and compiled graphs)
 
 
 def _explicit_padding(x: Tensor, padding: str, kernel_size, dilation):
