@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from . import rng
 from ._checks import DISTRIBUTIONS, FORMATS, check_choice, check_density
+from .attention import SparseMultiheadAttention, projection_probes
 from .distributions import layer_counts, random_mask
 from .kernels.backends import BACKENDS, csr_eligible
 from .layers import SPARSE_LAYERS, SparseConv2d, SparseLinear
@@ -60,6 +61,11 @@ def sparsify_(model: nn.Module, density: float, *, distribution: str = "uniform"
     if isinstance(root, SPARSE_LAYERS):
         raise ValueError("sparsify_ works on a model holding layers; for one layer use "
                          f"{type(root).__name__}.from_dense")
+    for name, m in list(root.named_modules()):  # attention: projections become modules
+        if name and type(m) is nn.MultiheadAttention and (filter_fn is None or any(
+                filter_fn(f"{name}.{c}", probe) for c, probe in projection_probes(m).items())):
+            _set_submodule(root, name, SparseMultiheadAttention.from_torch(m))
+    _warn_bare_attention(root)
     chosen, skipped = [], []
     for name, m in root.named_modules():
         if isinstance(m, SPARSE_LAYERS) or not isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -129,14 +135,36 @@ def load_dense_weights_(model: nn.Module, state: Mapping[str, Tensor]) -> list[s
 
 
 def densify_(model: nn.Module) -> list[str]:
-    """Replace every sparse layer with its plain torch twin (same outputs); returns the names."""
+    """Replace every sparse layer with its plain torch twin (same outputs), and attention
+    modules with torch's ``nn.MultiheadAttention``; returns the names of the sparse layers."""
     root = _unwrap(model)
     names = []
     for name, layer in sparse_layers(root):
         _set_submodule(root, name, layer.to_dense())
         names.append(name)
     root._parameters.pop(BANK_NAME, None)
+    for name, m in list(root.named_modules()):
+        if isinstance(m, SparseMultiheadAttention) and name:
+            _set_submodule(root, name, m.to_torch())
     return names
+
+
+def _warn_bare_attention(root: nn.Module) -> None:
+    """Attention modules that hold their projections as bare 2-D parameters (neither
+    nn.Linear children nor nn.MultiheadAttention) stay dense: say which."""
+    bare = []
+    for name, m in root.named_modules():
+        if "attention" not in type(m).__name__.lower() or isinstance(m, nn.MultiheadAttention):
+            continue
+        own = [p for p, v in m._parameters.items() if v is not None and v.dim() == 2
+               and any(w in p.lower() for w in ("weight", "proj", "qkv", "query", "key",
+                                                "value"))]  # not e.g. a position-bias table
+        if own:
+            bare.append(f"{name or '<root>'} ({type(m).__name__}: {', '.join(own)})")
+    if bare:
+        warnings.warn("sparsify_ leaves these attention weights dense and outside the budget: "
+                      "they are bare parameters, not nn.Linear layers or an "
+                      f"nn.MultiheadAttention: {'; '.join(bare)}", stacklevel=3)
 
 
 def paper_filter(model: nn.Module, *, dense_fc: bool) -> FilterFn:

@@ -47,6 +47,10 @@ class SparseMixin:
         return getattr(self.storage, self._dense_op)(x)
 
     def __getattr__(self, name: str):
+        if name == "weight":  # the layer's forward and functional uses alike
+            storage = self.__dict__.get("storage")
+            if storage is not None:
+                return storage.weight_view()
         try:
             return super().__getattr__(name)
         except AttributeError:

@@ -277,9 +277,10 @@ MUTATIONS = [
       ("tests/test_invariants.py",), "the dense format's inactive gradients are not zeroed: "
       "momentum and decay move inactive weights"),
     M("hooks_not_reattached", "dst/storage/dense.py",
-      "if self._hooks is None or self._hooks[0]() is not w:",
-      "if self._hooks is None and not getattr(self, '_seen', False):\n            "
-      "self._seen = True",
+      "        if not w.requires_grad or (self._hooks is not None and self._hooks[0]() is w):\n"
+      "            return\n",
+      "        if not w.requires_grad or self.__dict__.get('_seen'):\n            return\n"
+      "        self.__dict__['_seen'] = True\n",
       ("tests/test_invariants.py",), "a deep-copied model's weights never get their hooks"),
 ]
 

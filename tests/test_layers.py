@@ -130,8 +130,8 @@ def test_compact_stores_only_active_values():
     assert set(names) == {"values", "bias"}
     assert names["values"].numel() == layer.n_active == round(0.1 * 16 * 32 * 9)
     assert layer.indices.numel() == layer.n_active
-    with pytest.raises(AttributeError, match="keeps no dense `weight`"):
-        _ = layer.weight
+    w = layer.weight  # a dense view built on access, not a parameter
+    assert torch.equal(w, layer.dense_weight()) and "weight" not in names
     assert layer.mask.shape == (32, 16, 3, 3) and int(layer.mask.sum()) == layer.n_active
 
 

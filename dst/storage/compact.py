@@ -190,9 +190,9 @@ class CompactStorage(Storage):
         super().__init__(layer)
         self.bank: SparseBank | None = None
         self.slot = 0
-        idx = mask.reshape(-1).nonzero().squeeze(1).to(layer.weight.device,
-                                                      index_dtype(mask.numel()))
-        values = flat_get(layer.weight.detach(), idx).clone()
+        weight = layer._parameters["weight"]  # the dense one, until it goes below
+        idx = mask.reshape(-1).nonzero().squeeze(1).to(weight.device, index_dtype(mask.numel()))
+        values = flat_get(weight.detach(), idx).clone()
         del layer.weight
         layer.register_buffer("indices", idx)
         layer.values = nn.Parameter(values)
@@ -229,10 +229,21 @@ class CompactStorage(Storage):
         if name == "mask":  # derived on demand
             return self.mask
         if name == "weight":
-            raise AttributeError(
-                "a compact-format sparse layer keeps no dense `weight`; use "
-                "layer.dense_weight(), layer.active_values() or layer.to_dense()")
+            return self.weight_view()
         return super().layer_attribute(name)
+
+    def weight_view(self) -> Tensor:
+        """The full weight built on access (a dense tensor of the weight's size, zeros at
+        inactive positions) that gradients flow through into the bank's values; while the
+        layer asks for full gradients, the gradient w.r.t. this tensor is captured (a tensor
+        hook). Costs one dense weight and one scatter per read: read it once per forward."""
+        w = materialize(self.active_values(), self.indices, self.layer.weight_shape)
+        if w.requires_grad and self.layer.capture_grad:
+            w.register_hook(self._capture_view_grad)
+        return w
+
+    def _capture_view_grad(self, g: Tensor) -> None:
+        self.keep_grad(g)
 
     def set_mask_(self, mask: Tensor) -> None:
         """A layer sharing its bank must keep its active count (use :func:`dst.set_masks_`

@@ -49,13 +49,13 @@ class DenseStorage(Storage):
     can_cut = True
 
     def __init__(self, layer, mask: Tensor):
+        self._hooks: list | None = None  # [weakref to the hooked weight]
+        self._active: tuple | None = None  # (mask key, sorted active indices)
+        self._count: tuple | None = None  # (mask key, active count)
         layer.register_buffer("mask", mask.to(layer.weight.device))
         super().__init__(layer)
         with torch.no_grad():
             layer.weight.mul_(layer.mask)
-        self._hooks: list | None = None  # [weakref to the hooked weight, capture handle]
-        self._active: tuple | None = None  # (mask key, sorted active indices)
-        self._count: tuple | None = None  # (mask key, active count)
 
     def __getstate__(self):
         """Pickles and deep copies leave the hook bookkeeping behind: the copy's weight is a
@@ -114,21 +114,24 @@ class DenseStorage(Storage):
 
     # -- compute ------------------------------------------------------------------------------
     def kernel_weight(self) -> Tensor:
-        w = self.layer.weight
-        if not w.requires_grad:
-            return w
-        if self._hooks is None or self._hooks[0]() is not w:  # a new weight object
-            me = weakref.ref(self)
-            w.register_post_accumulate_grad_hook(functools.partial(_zero_inactive_grad, me))
-            self._hooks = [weakref.ref(w), None]
-        capture = self.layer.capture_grad
-        if capture and self._hooks[1] is None:
-            self._hooks[1] = w.register_hook(functools.partial(_capture_hook,
-                                                               weakref.ref(self)))
-        elif not capture and self._hooks[1] is not None:
-            self._hooks[1].remove()
-            self._hooks[1] = None
+        w = self.layer._parameters["weight"]
+        self.hook_weight(w)
         return w
+
+    def hook_weight(self, w: Tensor) -> None:
+        """Give the weight object its two gradient hooks once: zero the inactive entries of its
+        accumulated gradient, and capture the full gradient while the layer asks for it. They
+        sit on the tensor, so a model reading ``layer.weight`` itself (``F.linear(x,
+        layer.weight)``) gets them as the layer's forward does."""
+        if not w.requires_grad or (self._hooks is not None and self._hooks[0]() is w):
+            return
+        me = weakref.ref(self)
+        w.register_post_accumulate_grad_hook(functools.partial(_zero_inactive_grad, me))
+        w.register_hook(functools.partial(_capture_hook, me))
+        self._hooks = [weakref.ref(w)]
+
+    def weight_view(self) -> Tensor:
+        return self.kernel_weight()
 
     def linear(self, x: Tensor) -> Tensor:
         return F.linear(x, self.kernel_weight(), self.layer.bias)
