@@ -15,6 +15,8 @@ machine.
     python benchmarks/sweep.py --budget-minutes 120       # launch only what fits in 2 hours
                                                           # (--jobs auto: runs at once per CPU)
     python benchmarks/sweep.py --jobs 2 --set trainer.device=cuda   # on a GPU
+    python benchmarks/sweep.py --model vit_tiny --name vit_tiny_subset --methods dsr static \
+        dense --densities 0.1 --seeds-main 3 --no-report     # the ViT comparison
     dst-report benchmarks/results/wrn28_2_subset          # the table from the records
 
 Order: density 0.1 before 0.2; within a density seed 0 of every method before seed 1. At the
@@ -63,6 +65,10 @@ PRESETS = {"static_erk": ["sparsity=static", "sparsity.distribution=erk"],
 # the paper trains its static baselines for twice DSR's epochs (LR milestones are fractions of
 # trainer.epochs, so the schedule keeps its shape); at the first density only
 EPOCH_FACTOR = {"static_2x": 2, "thin_dense_2x": 2}
+# per model: overrides of every run, and of every sparse run (a transformer trains with AdamW,
+# its patch embedding and head dense: conf/experiment/subset_vit_tiny_dsr.yaml)
+MODEL_EXTRA = {"vit_tiny": ["optim=adamw", "optim.scheduler.warmup_epochs=3"]}
+MODEL_SPARSE_EXTRA = {"vit_tiny": ["sparsity.filter=ends_dense"]}
 # one-shot lottery ticket: rewind to step 50 (~1 epoch of 51, 3 % of a 30-epoch run; Frankle et
 # al. 2020 rewind to 0.5-5 % of training for CIFAR ResNets)
 TICKET_REWIND = 50  # --ticket-rewind
@@ -162,11 +168,12 @@ def plan(args: argparse.Namespace) -> list[Job]:
     wanted = set(args.methods or MAIN + REST)
     common = [f"model={args.model}", "data=npz", f"data.path={data_file(args.data_path)}",
               "trainer.channels_last=true", "trainer.tensorboard=false",
-              "trainer.progress=false", *args.extra]
+              "trainer.progress=false", *MODEL_EXTRA.get(args.model, []), *args.extra]
 
     def job(method: str, density: float, seed: int) -> Job:
         preset = PRESETS.get(method, [f"sparsity={method}"])
-        dens = [] if method == "dense" else [f"sparsity.density={density:g}"]
+        dens = [] if method == "dense" else [f"sparsity.density={density:g}",
+                                             *MODEL_SPARSE_EXTRA.get(args.model, [])]
         epochs = args.epochs * EPOCH_FACTOR.get(method, 1)
         return Job(run_name(method, density, seed), method, density, seed,
                    [*common, f"trainer.epochs={epochs}", *preset, *dens, f"seed={seed}"],

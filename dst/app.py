@@ -36,7 +36,7 @@ from .summary import model_summary
 from .trainer import AMP_MODES, build_scheduler, make_scaler
 
 log = logging.getLogger("dst")
-FILTERS = ("paper", "paper_sparse_fc", "all")
+FILTERS = ("paper", "paper_sparse_fc", "ends_dense", "all")
 UNITS = ("fraction", "epoch", "step")
 COMPAT_KEYS = ("model", "sparsity", "data.name", "optim.optimizer._target_")
 SPARSIFY_KEYS = ("distribution", "format", "backend", "init", "schedule")
@@ -168,6 +168,8 @@ def engine_schedule(sched, epochs: int, steps_per_epoch: int):
 def _filter(model, name: str):
     if name == "all":
         return None
+    if name == "ends_dense":
+        return convert.ends_dense_filter(model)
     return convert.paper_filter(model, dense_fc=name == "paper")
 
 

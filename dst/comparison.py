@@ -306,6 +306,7 @@ def write(folder: Path, out_dir: Path, title: str | None = None) -> dict:
     atomic_write(files[1], lambda p: p.write_text(buf.getvalue()))
     files += plots(cell_map, out, title)
     return {"cells": cell_map, "stale": stale, "files": files, "markdown": "\n".join(md),
+            "title": title,
             "headline": headline(cell_map) if any(m == "dsr" for m, _ in cell_map) else ""}
 
 

@@ -167,6 +167,15 @@ def _warn_bare_attention(root: nn.Module) -> None:
                       f"nn.MultiheadAttention: {'; '.join(bare)}", stacklevel=3)
 
 
+def ends_dense_filter(model: nn.Module) -> FilterFn:
+    """Every Conv2d/Linear sparse but the first (a transformer's patch embedding, a CNN's
+    stem) and the last (the classifier head), in module order."""
+    layers = [n for n, m in _unwrap(model).named_modules() if isinstance(m, (nn.Conv2d,
+                                                                             nn.Linear))]
+    ends = {layers[0], layers[-1]} if layers else set()
+    return lambda name, module: name not in ends
+
+
 def paper_filter(model: nn.Module, *, dense_fc: bool) -> FilterFn:
     """The DSR paper's split: the stem (first conv) and 1×1 shortcut/downsample convs stay dense;
     Linear layers are dense when ``dense_fc`` (WRN-28-2) and sparse otherwise (ResNet-50)."""

@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-md", default=None, metavar="PATH",
                         help="records folder only: also write the table into the 'comparison' "
                         "section of this markdown file (e.g. benchmarks/RESULTS.md)")
+    parser.add_argument("--section", default="comparison",
+                        help="the section of --results-md to write (default %(default)s)")
     parser.add_argument("--readme", default=None, metavar="PATH",
                         help="records folder only: also write the headline table into the "
                         "'headline' section of this markdown file (e.g. README.md)")
@@ -159,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             result = write(folder, Path(args.out) if args.out else folder)
             if args.results_md:
                 cmd = " ".join(["dst-report", *(argv if argv is not None else sys.argv[1:])])
-                replace_section(Path(args.results_md), "comparison",
-                                "## Comparison on the CIFAR-10 subset (generated)\n\n"
+                replace_section(Path(args.results_md), args.section,
+                                f"## {result['title']} (generated)\n\n"
                                 f"Command: `{cmd}`\n\n"
                                 + result["markdown"].split("\n", 1)[1].lstrip())
             if args.readme and result["headline"]:

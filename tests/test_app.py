@@ -282,3 +282,23 @@ def test_fp16_amp_with_a_forced_overflow_completes(sparsity, tmp_path):
     assert all(x["train_loss"] == x["train_loss"] for x in m)  # no NaN in the means
     if sparsity not in ("static",):
         assert (tmp_path / "density_history.csv").read_text().count("\n") > 2  # updates ran
+
+
+def test_a_small_vit_trains_with_its_attention_sparse(tmp_path):
+    over = ["model=vit_tiny", "model.num_layers=1", "model.hidden_dim=24", "model.num_heads=2",
+            "model.mlp_dim=32", "model.patch_size=8", "data=synthetic", "data.n_train=64",
+            "data.n_test=32", "data.batch_size=32", "data.image_size=32", "optim=adamw",
+            "sparsity=dsr", "sparsity.filter=ends_dense", "trainer.epochs=1",
+            "sparsity.schedule.unit=step", "sparsity.schedule.period_unit=step",
+            "sparsity.schedule.period=[[0,1]]", "sparsity.schedule.stop=2",
+            "trainer.tensorboard=false", "trainer.progress=false"]
+    summary = run(cfg_of(over), tmp_path)
+    layers = summary["final_layer_density"]
+    # the block's in-projection (3 x 24 x 24), out-projection and MLP are sparse; the patch
+    # embedding and the head stay dense
+    assert sorted(layers) == ["encoder.layers.encoder_layer_0.mlp.0",
+                              "encoder.layers.encoder_layer_0.mlp.3",
+                              "encoder.layers.encoder_layer_0.self_attention.in_proj",
+                              "encoder.layers.encoder_layer_0.self_attention.out_proj"]
+    assert summary["pool_size"] == 3 * 24 * 24 + 24 * 24 + 2 * 24 * 32
+    assert summary["engine_steps"] == 2 and summary["finished"]

@@ -9,6 +9,7 @@ from torch import nn
 from .flops import count_flops
 from .init import init_weights
 from .resnet import MLP, CifarResNet, ImageNetResNet, mlp, resnet20, resnet32, resnet50
+from .vit import vit_tiny
 from .wrn import WideResNet, wrn, wrn28_2
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -18,6 +19,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet32": resnet32,
     "resnet50": resnet50,
     "mlp": mlp,
+    "vit_tiny": vit_tiny,
 }
 
 
@@ -45,6 +47,7 @@ __all__ = [
     "resnet20",
     "resnet32",
     "resnet50",
+    "vit_tiny",
     "wrn",
     "wrn28_2",
 ]
