@@ -11,7 +11,7 @@ LOCK := requirements.lock
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c $(LOCK) -e ".[dev,integrations]"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[dev,integrations,onnx]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -34,7 +34,7 @@ bench: install
 
 lock:  ## re-resolve requirements.lock from pyproject.toml with pip-compile
 	$(PY) -m pip install -q pip-tools
-	$(VENV)/bin/pip-compile --quiet --extra dev --extra integrations --strip-extras --no-emit-index-url \
+	$(VENV)/bin/pip-compile --quiet --extra dev --extra integrations --extra onnx --strip-extras --no-emit-index-url \
 		--no-emit-find-links $(if $(UPGRADE),--upgrade,) -o $(LOCK) pyproject.toml
 
 clean:

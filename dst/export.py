@@ -11,6 +11,8 @@ whose size follows the non-zeros.
   trip is exact, grown weights that are still exactly zero included (the mask is stored, not
   derived from the values). :func:`load` gives the dense ``state_dict`` of :func:`to_torch`;
   :func:`load_masks` the masks, to continue training a dst model (:func:`load_sparse_`).
+* :func:`to_onnx` — the plain model (dense or slimmed) as ONNX, with a dynamic batch size
+  (``pip install "dst[onnx]"``: torch's exporter needs onnxscript).
 """
 
 from __future__ import annotations
@@ -160,3 +162,20 @@ def load_sparse_(model: nn.Module, path: str | Path) -> None:
     missing = load_dense_weights_(root, load(path))
     if missing:
         raise ExportError(f"{path} lacks {missing}")
+
+
+def to_onnx(model: nn.Module, path: str | Path, example: Tensor) -> Path:
+    """Write the plain torch model of ``model`` (:func:`to_torch`, eval mode) to the ONNX file
+    ``path``, traced on ``example`` (one input batch) with its first dimension dynamic."""
+    try:
+        import onnxscript  # noqa: F401 - torch's ONNX exporter needs it
+    except ImportError:
+        raise ExportError("ONNX export needs onnxscript: pip install \"dst[onnx]\" (onnx, "
+                          "onnxscript, onnxruntime)") from None
+    plain = to_torch(model).eval()
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(plain, (example,), dynamo=True, dynamic_shapes=({0: batch},),
+                                verbose=False)
+    path = Path(path)
+    atomic_write(path, lambda p: program.save(str(p)))
+    return path

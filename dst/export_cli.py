@@ -22,8 +22,8 @@ from .app import _build_model, _sparsify
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint
 from .slim import KEPT, attach_, find_channel_groups
 
-TARGETS = ("torch", "safetensors")
-LATER = ("inference", "onnx")  # planned targets, refused with a clear message for now
+TARGETS = ("torch", "safetensors", "onnx")
+LATER = ("inference",)  # a planned target, refused with a clear message for now
 
 
 def _num_classes(cfg, state: dict) -> int:
@@ -56,12 +56,25 @@ def model_from_run(run_dir: Path, which: str = "last") -> nn.Module:
     return model.eval()
 
 
+def _input_shape(run_dir: Path, which: str, given: str | None) -> tuple[int, ...]:
+    if given:
+        try:
+            return tuple(int(v) for v in given.split(","))
+        except ValueError:
+            raise ValueError(f"--input-shape takes C,H,W (e.g. 3,32,32), got {given!r}") from None
+    data = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")["config"].get("data", {})
+    size = data.get("image_size") or (224 if data.get("name") == "imagenet" else 32)
+    return (3, int(size), int(size))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dst-export", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="a dst run directory (with checkpoints/last.pt)")
     p.add_argument("--to", required=True, help=f"one of {', '.join(TARGETS)}")
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--checkpoint", default="last", choices=("last", "best"))
+    p.add_argument("--input-shape", default=None, metavar="C,H,W",
+                   help="onnx: one example's shape (default: the run's data, e.g. 3,32,32)")
     args = p.parse_args(argv)
     if args.to in LATER:
         print(f"dst-export: error: --to {args.to} is not available in this release; valid "
@@ -79,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if args.to == "safetensors":
         export.save(model, out)
+    elif args.to == "onnx":
+        try:
+            shape = _input_shape(Path(args.run_dir), args.checkpoint, args.input_shape)
+            export.to_onnx(model, out, torch.randn(1, *shape))
+        except (export.ExportError, ValueError) as e:
+            print(f"dst-export: error: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 2
     else:
         state = export.to_torch(model).state_dict()
         atomic_write(out, lambda tmp: torch.save(state, tmp))

@@ -1,6 +1,8 @@
 """dst.export: plain torch modules with the original keys, and a safetensors file of values plus
 positions whose round trip is exact."""
 
+import importlib.util
+
 import pytest
 import torch
 import torchvision
@@ -133,8 +135,36 @@ def test_dst_export_writes_a_run_as_torch_and_safetensors(tmp_path, capsys):
     got = export.load(tmp_path / "m.safetensors")
     assert all(torch.equal(got[k], v) for k, v in want.items())
     capsys.readouterr()
-    assert main([str(tmp_path / "run"), "--to", "onnx", "--out", str(tmp_path / "x")]) == 2
-    assert "--to onnx is not available in this release" in capsys.readouterr().err
+    assert main([str(tmp_path / "run"), "--to", "inference", "--out", str(tmp_path / "x")]) == 2
+    assert "--to inference is not available in this release" in capsys.readouterr().err
+    if importlib.util.find_spec("onnxscript") is not None:
+        assert main([str(tmp_path / "run"), "--to", "onnx", "--out",
+                     str(tmp_path / "m.onnx")]) == 0
+        assert (tmp_path / "m.onnx").stat().st_size > 0
+    capsys.readouterr()
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty"), "--to", "torch", "--out", str(tmp_path / "y")]) == 2
     assert "has no checkpoints/last.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("slim", [False, True], ids=["dense", "slimmed"])
+def test_onnx_export_matches_onnxruntime(slim, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    model = build_model("wrn", 10, depth=10, widen_factor=1)
+    dst.sparsify_(model, 0.3, filter_fn=dst.convert.paper_filter(model, dense_fc=True))
+    if slim:
+        groups = find_channel_groups(model)
+        attach_(model, groups)
+        slim_(model, groups[0], torch.arange(0, 16, 2))
+    model.eval()
+    path = export.to_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):  # the batch dimension is dynamic
+        x = torch.randn(batch, 3, 32, 32)
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        with torch.no_grad():
+            want = model(x).numpy()
+        assert got.shape == want.shape
+        assert abs(got - want).max() <= 1e-5 * max(1.0, abs(want).max())
