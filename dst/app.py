@@ -39,7 +39,7 @@ log = logging.getLogger("dst")
 FILTERS = ("paper", "paper_sparse_fc", "ends_dense", "all")
 UNITS = ("fraction", "epoch", "step")
 COMPAT_KEYS = ("model", "sparsity", "data.name", "optim.optimizer._target_")
-SPARSIFY_KEYS = ("distribution", "format", "backend", "init", "schedule")
+SPARSIFY_KEYS = ("distribution", "format", "backend", "init", "schedule", "block")
 
 
 class ConfigError(ValueError):
@@ -165,6 +165,13 @@ def engine_schedule(sched, epochs: int, steps_per_epoch: int):
     return PeriodSchedule(sorted(milestones.items())), stop
 
 
+def _block(block):
+    """``sparsity.block`` as sparsify_ takes it (a YAML list [bh, bw] becomes a tuple)."""
+    if block is None or isinstance(block, str):
+        return block
+    return tuple(OmegaConf.to_container(block) if OmegaConf.is_config(block) else block)
+
+
 def _filter(model, name: str):
     if name == "all":
         return None
@@ -228,7 +235,7 @@ def _sparsify(cfg: DictConfig, model, info: dict) -> None:
         start = 1.0 if s.get("init") is not None else float(s.density)
     convert.sparsify_(model, float(start), distribution=s.distribution,
                       filter_fn=_filter(model, s.filter), format=s.format, seed=cfg.seed,
-                      backend=s.get("backend", "dense"))
+                      backend=s.get("backend", "dense"), block=_block(s.get("block")))
     if s.get("init_from"):  # start from trained dense weights (GMP as the DSR paper ran it)
         state = load_checkpoint(_resume_path(s.init_from, Path(".")))["model"]
         missing = convert.load_dense_weights_(model, state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping
 
@@ -15,6 +16,7 @@ from .distributions import layer_counts, random_mask
 from .kernels.backends import BACKENDS, csr_eligible
 from .layers import SPARSE_LAYERS, SparseConv2d, SparseLinear
 from .storage import SparseBank, check_mask, set_masks
+from .units import UnitGrid, check_block
 
 FilterFn = Callable[[str, nn.Module], bool]
 BANK_NAME = "dst_bank"
@@ -46,14 +48,17 @@ def share_bank_(model: nn.Module) -> SparseBank | None:
 
 def sparsify_(model: nn.Module, density: float, *, distribution: str = "uniform",
               filter_fn: FilterFn | None = None, format: str = "dense",
-              seed: int = 0, backend: str = "dense") -> list[tuple[str, nn.Module]]:
+              seed: int = 0, backend: str = "dense", block=None) -> list[tuple[str, nn.Module]]:
     """Replace the ``nn.Conv2d``/``nn.Linear`` layers selected by ``filter_fn`` with sparse ones
     holding exactly ``round(density * pool size)`` active weights in all, distributed
     ``"uniform"``ly or by ``"erk"``. Masks are drawn from generators keyed by (seed, layer).
     ``backend`` is ``"dense"``, ``"csr"`` or ``"auto"`` (per layer: layers the CSR kernels cannot
     serve fall back to dense under ``"csr"`` too). Returns the ``(name, layer)`` pairs made
-    sparse."""
+    sparse. ``block`` (None, "kernel" or a tile (bh, bw); :mod:`dst.units`) makes each layer
+    prune and grow whole units: its count in weights becomes round(count / unit size) units (at
+    least one, else an error)."""
     density = check_density(density)
+    block = check_block(block)
     check_choice(distribution, DISTRIBUTIONS, "distribution")
     check_choice(format, FORMATS, "format")
     check_choice(backend, BACKENDS, "backend")
@@ -86,8 +91,19 @@ def sparsify_(model: nn.Module, density: float, *, distribution: str = "uniform"
     made = []
     for i, ((name, m), n) in enumerate(zip(chosen, counts, strict=True)):
         cls = SparseConv2d if isinstance(m, nn.Conv2d) else SparseLinear
-        mask = random_mask(tuple(m.weight.shape), n, rng.generator(seed, 0, i))
-        sparse = cls.from_dense(m, n / m.weight.numel(), format=format, mask=mask)
+        gen = rng.generator(seed, 0, i)
+        if block is None:
+            mask = random_mask(tuple(m.weight.shape), n, gen)
+        else:
+            grid = UnitGrid(tuple(m.weight.shape), block)
+            units = math.floor(n / grid.size + 0.5)
+            if units < 1:
+                raise ValueError(f"density {density} leaves layer {name!r} less than one unit "
+                                 f"({n} weights, units of {grid.size}): raise the density, use "
+                                 "a smaller block or keep the layer dense (filter_fn)")
+            mask = grid.expand(random_mask((grid.n_units,), units, gen))
+            n = units * grid.size
+        sparse = cls.from_dense(m, n / m.weight.numel(), format=format, mask=mask, block=block)
         sparse.set_backend(backend if backend != "csr" or csr_eligible(sparse) else "dense")
         _set_submodule(root, name, sparse)
         made.append((name, sparse))
@@ -102,6 +118,9 @@ def set_masks_(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
     unknown = sorted(set(masks) - set(layers))
     if unknown:
         raise ValueError(f"no sparse layer named {unknown}; sparse layers: {sorted(layers)}")
+    for name, mask in masks.items():
+        if layers[name].block is not None:
+            layers[name].units.units_of_mask(mask)  # whole units, or ValueError
     checked = {layers[n]: check_mask(m.to(layers[n].active_indices().device),
                                      layers[n].weight_shape)
                for n, m in masks.items()}

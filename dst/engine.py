@@ -62,6 +62,7 @@ class SparseEngine:
                              "compact layers hold separate banks: build them with "
                              "dst.sparsify_(..., format='compact') or call dst.share_bank_(model)"
                              " before creating the optimizer")
+        self._check_blocks()
         self._check_schedule()
         self.exploration = ExplorationTracker()  # the in-time over-parameterization rate
         self.hooks = [*([ChannelRemoval()] if method.removes_channels else []), *hooks,
@@ -70,6 +71,23 @@ class SparseEngine:
             hook.attach(model, self)
         self.reset_budget()
         self._arm(self.step_count + 1)
+
+    def _check_blocks(self) -> None:
+        """Block granularity (dst.units): a method that can work in units, and for one that
+        moves weights between layers, one unit size (so the budget stays exact in weights)."""
+        blocked = [n for n, m in self.layers if m.block is not None]
+        if not blocked:
+            return
+        name = type(self.method).__name__
+        if not self.method.supports_blocks:
+            raise ValueError(f"{name} cannot prune and grow in blocks (layers {blocked[:3]}...):"
+                             " use DSR, SET, RigL or Static, or block=None")
+        sizes = {m.units.size if m.block is not None else 1 for _, m in self.layers}
+        if self.method.reallocates and len(sizes) > 1:
+            raise ValueError(f"{name} moves weights between layers, whose units differ in size "
+                             f"({sorted(sizes)} weights): the budget could not stay exact. Keep "
+                             "layers of another unit size dense (filter_fn, e.g. the paper's "
+                             "filter for WRN-28-2) or pick a block that gives one size")
 
     # -- schedule -----------------------------------------------------------------------------
     def _check_schedule(self) -> None:

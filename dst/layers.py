@@ -15,8 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from . import twins
+from .distributions import random_mask
 from .kernels import backends
 from .storage import Storage, attach, check_mask
+from .units import UnitGrid, check_block
 
 __all__ = ["SPARSE_LAYERS", "SparseConv2d", "SparseLinear", "SparseMixin"]
 
@@ -25,15 +27,40 @@ class SparseMixin:
     """What both sparse layers add to their torch twin (a storage, the backends, conversion)."""
 
     capture_grad: bool = False  # set while a method wants the full gradient (pop_dense_grad)
+    block = None  # the units weights are pruned and grown in (dst.units): None = single weights
     storage: Storage
     _torch_cls: type[nn.Module]  # the torch layer replaced, its constructor's arguments and
     _init_args: tuple[str, ...]  # the storage method of its dense kernel
     _dense_op: str
 
     def _setup_sparse(self, density: float, format: str, mask: Tensor | None,
-                      generator: torch.Generator | None, backend: str = "dense") -> None:
+                      generator: torch.Generator | None, backend: str = "dense",
+                      block=None) -> None:
         self.set_backend(backend)
+        block = check_block(block)
+        if block is not None:
+            grid = UnitGrid(tuple(self.weight.shape), block)
+            if mask is None:
+                n = math.floor(density * grid.n_units + 0.5)
+                if n < 1:
+                    raise ValueError(f"density {density} leaves this layer less than one unit "
+                                     f"of {grid.size} weights ({grid.n_units} units): raise the "
+                                     "density or use a smaller block")
+                mask = grid.expand(random_mask((grid.n_units,), n, generator))
+            else:
+                grid.units_of_mask(mask)  # whole units, or ValueError
+            self.block = block
         attach(self, density, format, mask, generator)
+
+    @property
+    def units(self) -> UnitGrid:
+        """The unit grid of this layer's weight at its ``block`` (cached per shape)."""
+        key = (tuple(self.weight_shape), self.block)
+        cached = self.__dict__.get("_unit_grid")
+        if cached is None or cached[0] != key:
+            cached = (key, UnitGrid(*key))
+            self.__dict__["_unit_grid"] = cached
+        return cached[1]
 
     def set_backend(self, backend: str) -> None:
         """``"dense"``, ``"csr"`` or ``"auto"``; see :mod:`dst.kernels.backends`."""
@@ -114,9 +141,9 @@ class SparseMixin:
     @classmethod
     def from_dense(cls, module: nn.Module, density: float = 1.0, *, format: str = "dense",
                    mask: Tensor | None = None, generator: torch.Generator | None = None,
-                   backend: str = "dense"):
+                   backend: str = "dense", block=None):
         """A sparse copy of a torch layer keeping its weights at the active positions."""
-        return twins.sparse_twin(cls, module, density, format, mask, generator, backend)
+        return twins.sparse_twin(cls, module, density, format, mask, generator, backend, block)
 
 
 class SparseConv2d(SparseMixin, nn.Conv2d):
@@ -130,10 +157,10 @@ class SparseConv2d(SparseMixin, nn.Conv2d):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", device=None, dtype=None, *,
                  density: float = 1.0, format: str = "dense", mask: Tensor | None = None,
-                 generator: torch.Generator | None = None, backend: str = "dense"):
+                 generator: torch.Generator | None = None, backend: str = "dense", block=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, padding_mode, device, dtype)
-        self._setup_sparse(density, format, mask, generator, backend)
+        self._setup_sparse(density, format, mask, generator, backend, block)
 
 
 class SparseLinear(SparseMixin, nn.Linear):
@@ -144,9 +171,9 @@ class SparseLinear(SparseMixin, nn.Linear):
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
                  density: float = 1.0, format: str = "dense", mask: Tensor | None = None,
-                 generator: torch.Generator | None = None, backend: str = "dense"):
+                 generator: torch.Generator | None = None, backend: str = "dense", block=None):
         super().__init__(in_features, out_features, bias, device, dtype)
-        self._setup_sparse(density, format, mask, generator, backend)
+        self._setup_sparse(density, format, mask, generator, backend, block)
 
 
 SPARSE_LAYERS = (SparseConv2d, SparseLinear)

@@ -29,7 +29,7 @@ def dense_twin(layer) -> nn.Module:
 
 
 def sparse_twin(cls, module: nn.Module, density: float, format: str, mask: Tensor | None,
-                generator: torch.Generator | None, backend: str):
+                generator: torch.Generator | None, backend: str, block=None):
     """A ``cls`` (sparse layer) copy of the torch layer ``module`` keeping its weights at the
     active positions."""
     if not isinstance(module, cls._torch_cls):
@@ -41,5 +41,5 @@ def sparse_twin(cls, module: nn.Module, density: float, format: str, mask: Tenso
     if module.bias is not None:
         probe.bias = nn.Parameter(module.bias.detach().clone())
     probe.train(module.training)
-    probe._setup_sparse(density, format, mask, generator, backend)
+    probe._setup_sparse(density, format, mask, generator, backend, block)
     return probe

@@ -21,6 +21,7 @@ from .methods.base import GrowPlan, LayerState, Prune, UpdateContext
 from .selection import select
 from .storage import Change, commit
 from .storage.flat import all_finite
+from .units import element_change, occupied_units, unit_state
 
 RESIDUE_LAYER = -1  # rng key of the allocation's random residue
 
@@ -48,6 +49,12 @@ class UpdateReport:
         return asdict(self)
 
 
+def _occupied(st: LayerState, unblock: Tensor | None) -> Tensor:
+    if st.grid is not None:
+        return occupied_units(st, unblock)
+    return st.layer.storage.occupied(st.active, unblock)
+
+
 def grow_positions(states: list[LayerState], prune_pos: list[Tensor], freed: list[int],
                    plan: GrowPlan, method, seed: int, step: int) -> list[Tensor]:
     """Per layer, the flat positions the update grows. Each layer regrows what it pruned
@@ -59,7 +66,7 @@ def grow_positions(states: list[LayerState], prune_pos: list[Tensor], freed: lis
     pruned = [int(p.numel()) for p in prune_pos]
     blocked, capacity = [], []
     for st, pos in zip(states, prune_pos, strict=True):
-        blocked.append(st.layer.storage.occupied(st.active, pos if regrow else None))
+        blocked.append(_occupied(st, pos if regrow else None))
         capacity.append(st.numel - st.n_active + (int(pos.numel()) if regrow else 0))
     total = sum(pruned) + sum(freed)
     if method.shrinks:
@@ -73,7 +80,7 @@ def grow_positions(states: list[LayerState], prune_pos: list[Tensor], freed: lis
             short = list(range(len(states)))
     for i in short:  # too few free positions: allow regrowing just-pruned ones (still zero)
         if not regrow:
-            blocked[i] = states[i].layer.storage.occupied(states[i].active, prune_pos[i])
+            blocked[i] = _occupied(states[i], prune_pos[i])
             capacity[i] += int(prune_pos[i].numel())
     if counts is None:
         counts = allocate(total, plan.weights, capacity, rng.generator(seed, step, RESIDUE_LAYER))
@@ -97,12 +104,14 @@ def update(engine, t: int, grads: list[Tensor | None] | None,
     """One mask update of ``engine``'s layers at step ``t`` (``freed``: active weights its hooks
     already removed per layer, regrown with the pruned ones). Returns the report, the layers'
     states before the update and the count pruned per layer."""
-    states = []
+    weights = []  # each layer over its weights; ``states``: as the method sees it (units)
     for i, (name, m) in enumerate(engine.layers):
         active = m.active_indices()
-        states.append(LayerState(i, name, m, active, m.active_values(active).detach(),
-                                 m.numel_dense, None if grads is None else grads[i]))
-    check_finite([st.values for st in states], t, "weight")
+        weights.append(LayerState(i, name, m, active, m.active_values(active).detach(),
+                                  m.numel_dense, None if grads is None else grads[i]))
+    check_finite([st.values for st in weights], t, "weight")
+    states = [st if st.layer.block is None else unit_state(st, st.layer.units)
+              for st in weights]
     ctx = UpdateContext(t, engine.stop_step, engine.budget, engine.seed, states,
                         engine._last_update())
     prune_pos = []
@@ -113,9 +122,14 @@ def update(engine, t: int, grads: list[Tensor | None] | None,
     pruned = [int(p.numel()) for p in prune_pos]
     plan = engine.method.grow(ctx, pruned)
     grown = grow_positions(states, prune_pos, freed, plan, engine.method, engine.seed, t)
+    for i, (st, w) in enumerate(zip(states, weights, strict=True)):
+        if st.grid is not None:  # whole units back to weights
+            prune_pos[i], grown[i] = element_change(w, st, prune_pos[i], grown[i])
     commit([Change(st.layer, st.active, pos, g)
-            for st, pos, g in zip(states, prune_pos, grown, strict=True)], engine.optimizer)
+            for st, pos, g in zip(weights, prune_pos, grown, strict=True)], engine.optimizer)
+    pruned = [int(p.numel()) for p in prune_pos]
     counts = [int(g.numel()) for g in grown]
+    states = weights
     names = [st.name for st in states]
     report = UpdateReport(
         step=t, pruned=sum(pruned) + sum(freed), grown=sum(counts),

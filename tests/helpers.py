@@ -27,6 +27,26 @@ class TinyNet(nn.Module):
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
 
+class BlockNet(nn.Module):
+    """Two 3 x 3 convs whose weights divide into kernels and (2, 2) tiles (a dense stem and
+    head around them): the model of the block-granularity variants."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1, stride=2)
+        self.fc = nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.conv1(x))
+        return self.fc(torch.relu(self.conv2(x)).flatten(1))
+
+
+BLOCK_LAYERS = ("conv1", "conv2")  # BlockNet's sparse layers
+
+
 def make_method(name: str):
     """A registered method with its defaults; one that removes channels does so within a test's
     first 50 steps (its ramp ends at 0.5 % of the tests' 10,000-step stop)."""

@@ -80,7 +80,7 @@ def test_dst_has_no_import_cycle():
 LAYERS = {
     1: ("dst._checks", "dst.checkpoint", "dst.rng", "dst.distributions", "dst.schedules",
         "dst.cut", "dst.stats", "dst.models", "dst.data"),
-    2: ("dst.kernels", "dst.storage", "dst.selection"),
+    2: ("dst.kernels", "dst.storage", "dst.selection", "dst.units"),
     3: ("dst.layers", "dst.twins", "dst.attention", "dst.convert", "dst.allocate", "dst.slim",
         "dst.summary", "dst.export"),
     4: ("dst.methods", "dst.update", "dst.channels", "dst.itop", "dst.engine",

@@ -5,7 +5,7 @@ import io
 
 import pytest
 import torch
-from helpers import TinyNet, batch, dense_only, make_method, train_steps
+from helpers import BLOCK_LAYERS, BlockNet, TinyNet, batch, dense_only, make_method, train_steps
 
 import dst
 from dst.channels import channel_removal
@@ -21,19 +21,31 @@ OPTIMIZERS = {
 STEPS, STOP = 200, 10_000
 
 
-def build(method_name, fmt, opt_name="sgd_nesterov", seed=0):
+BLOCKS = [None, "kernel", (2, 2)]  # every method runs at each granularity it supports
+
+
+def build(method_name, fmt, opt_name="sgd_nesterov", seed=0, block=None):
+    if block is not None and not METHODS[method_name].supports_blocks:
+        with pytest.raises(ValueError, match="cannot prune and grow in blocks|format='dense'"):
+            _build(method_name, fmt, opt_name, seed, block)
+        pytest.skip(f"{method_name} works on single weights only (error checked)")
     if dense_only(method_name) and fmt == "compact":
         with pytest.raises(ValueError, match="use format='dense'"):
-            _build(method_name, fmt, opt_name, seed)
+            _build(method_name, fmt, opt_name, seed, block)
         pytest.skip(f"{method_name} prunes for good or cuts layers down: dense format only "
                     "(error checked)")
-    return _build(method_name, fmt, opt_name, seed)
+    return _build(method_name, fmt, opt_name, seed, block)
 
 
-def _build(method_name, fmt, opt_name, seed):
+def _build(method_name, fmt, opt_name, seed, block=None):
     torch.manual_seed(0)
-    model = TinyNet()
-    dst.sparsify_(model, 0.3, format=fmt, seed=seed)
+    if block is None:
+        model = TinyNet()
+        dst.sparsify_(model, 0.3, format=fmt, seed=seed)
+    else:
+        model = BlockNet()
+        dst.sparsify_(model, 0.3, format=fmt, seed=seed, block=block,
+                      filter_fn=lambda n, m: n in BLOCK_LAYERS)
     opt = OPTIMIZERS[opt_name](model.parameters())
     engine = dst.SparseEngine(model, opt, make_method(method_name), update_every=1,
                               stop_step=STOP, seed=seed)
@@ -81,10 +93,11 @@ def opt_state_at(opt, layer, flat_idx):
     return out
 
 
+@pytest.mark.parametrize("block", BLOCKS, ids=str)
 @pytest.mark.parametrize("fmt", ["dense", "compact"])
 @pytest.mark.parametrize("method_name", sorted(METHODS))
-def test_invariants_over_hundreds_of_updates(method_name, fmt):
-    model, opt, engine = build(method_name, fmt)
+def test_invariants_over_hundreds_of_updates(method_name, fmt, block):
+    model, opt, engine = build(method_name, fmt, block=block)
     layers = dst.sparse_layers(model)
     budget0 = [m.n_active for _, m in layers]
     assert sum(budget0) == engine.budget
@@ -109,6 +122,8 @@ def test_invariants_over_hundreds_of_updates(method_name, fmt):
                 assert not bool(m.weight.detach()[~m.mask].any())
                 # the cached active set (updated, not rebuilt, at a commit) is the mask's
                 assert torch.equal(idx, m.mask.reshape(-1).nonzero().squeeze(1)), name
+            if block is not None:  # whole units on or off (raises otherwise)
+                m.units.units_of_mask(m.mask)
             mask = original(engine, name, m.mask)  # structured: in the original shape
             n_cut += int(mask.numel() != m.mask.numel())
             new = (mask & ~prev[name]).reshape(-1).nonzero().squeeze(1)
@@ -136,17 +151,18 @@ def test_invariants_over_hundreds_of_updates(method_name, fmt):
     engine.check()
 
 
+@pytest.mark.parametrize("block", BLOCKS, ids=str)
 @pytest.mark.parametrize("fmt", ["dense", "compact"])
 @pytest.mark.parametrize("method_name", sorted(METHODS))
-def test_state_dict_roundtrip_continues_identically(method_name, fmt):
-    model, opt, engine = build(method_name, fmt, opt_name="adam")
+def test_state_dict_roundtrip_continues_identically(method_name, fmt, block):
+    model, opt, engine = build(method_name, fmt, opt_name="adam", block=block)
     train_steps(model, opt, engine, 0, 30)
     saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(),
                            "engine": engine.state_dict()})
     reported = copy.deepcopy(engine.method.state())  # what a summary written now would say
     train_steps(model, opt, engine, 30, 20)
 
-    model2, opt2, engine2 = build(method_name, fmt, opt_name="adam", seed=0)
+    model2, opt2, engine2 = build(method_name, fmt, opt_name="adam", seed=0, block=block)
     train_steps(model2, opt2, engine2, 0, 3)  # diverge first, so loading must restore all
     model2.load_state_dict(saved["model"])
     opt2.load_state_dict(saved["opt"])

@@ -45,6 +45,8 @@ class LayerState:
     values: Tensor  # their values, same order (detached)
     numel: int
     dense_grad: Tensor | None = None  # flat gradient w.r.t. the full weight, when captured
+    unit_size: int = 1  # weights per unit (block granularity: positions are units, dst.units)
+    grid: object = None  # the layer's dst.units.UnitGrid when it is pruned in units
 
     @property
     def n_active(self) -> int:
@@ -132,6 +134,7 @@ class Method(ABC):
     regrow_pruned = False  # may a weight pruned in this update be grown again at once?
     changes_masks = True
     shrinks = False  # prunes without regrowing: the budget falls (gradual magnitude pruning)
+    supports_blocks = True  # can prune and grow in units of several weights (dst.units)
     needs_stop_step = False  # its schedule ends at the engine's stop_step (a decay, GMP)
     removes_channels = False  # structured: also removes whole channels (``channels``)
 

@@ -52,7 +52,9 @@ class DSR(Method):
             mag = st.values.abs()
             k = min(int(torch.count_nonzero(mag < h)), st.n_active - 1)
             orders.append(Prune(mag, k, h))
-        pruned = sum(o.count for o in orders)
+        # N_p counts weights; a unit of several weights (dst.units) counts its size
+        pruned = sum(o.count * st.unit_size for o, st in zip(orders, ctx.layers,
+                                                             strict=True))
         n_p = self.target_count(ctx.budget)
         if pruned > (1 + self.tolerance) * n_p:
             self.threshold = h / 2

@@ -36,6 +36,7 @@ class DSRStructured(DSR):
 
     name = "dsr_structured"
     removes_channels = True
+    supports_blocks = False  # channels are its units
     needs_stop_step = True
 
     def __init__(self, prune_target: float | int = 0.1, threshold: float = 1e-3,

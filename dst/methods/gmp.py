@@ -13,6 +13,8 @@ class GMP(Method):
     (so the target is met exactly at that update). Nothing is regrown: the budget falls from the
     layers' density at the first update (usually 1, a dense start) to the target."""
 
+    supports_blocks = False  # per-weight pruning toward per-layer counts
+
     name = "gmp"
     shrinks = True
     needs_stop_step = True  # the cubic schedule ends at the last update before stop_step

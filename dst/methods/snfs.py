@@ -14,6 +14,8 @@ class SNFS(DecayedMagnitudePrune):
     an exponential average (``momentum``) of dense gradients, kept by the method; the engine
     feeds it only the gradients of steps the optimizer really took."""
 
+    supports_blocks = False  # its momentum is kept per weight
+
     name = "snfs"
     reallocates = True
     dense_grad = "always"
