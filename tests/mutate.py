@@ -234,6 +234,17 @@ MUTATIONS = [
     M("splitmix_wrong_constant", "dst/rng.py",
       "0xBF58476D1CE4E5B9", "0xBF58476D1CE4E5B8", (GROWTH,),
       "the mixer is not SplitMix64: every mask differs from the recorded runs'"),
+    # ------------------------------------------------------------------ block granularity
+    M("dsr_counts_units_not_weights", "dst/methods/dsr.py",
+      "pruned = sum(o.count * st.unit_size for o, st", "pruned = sum(o.count for o, st",
+      ("tests/test_units.py",), "DSR's N_p compared with pruned units, not weights"),
+    M("unit_score_is_a_sum", "dst/units.py",
+      "        return out / self.size\n", "        return out\n", ("tests/test_units.py",),
+      "a unit scored by the sum of its |w|, not the mean, against the threshold"),
+    M("units_grown_in_part", "dst/units.py",
+      "    grown = grid.elements(grown_units).to(st_elements.active.device)",
+      "    grown = grid.elements(grown_units)[::2].to(st_elements.active.device)",
+      ("tests/test_units.py",), "only part of a grown unit becomes active"),
     # ------------------------------------------------------------------ the engine
     M("ties_by_position", "dst/selection.py",
       "key = ties if flat is None else flat.index_select(0, ties)", "key = ties",
