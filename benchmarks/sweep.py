@@ -23,8 +23,8 @@ Order: density 0.1 before 0.2; within a density seed 0 of every method before se
 first density ``--seeds-main`` seeds (default 5, the paper's runs per cell) of dense, dsr,
 static, set, rigl and snfs and ``--seeds-rest`` (default 3) of the others; at later densities
 ``--seeds-rest`` of every method. ``static_2x`` and ``thin_dense_2x`` (the paper's protocol:
-its static baselines train twice as long as DSR, with the same schedule shape) run at the
-first density only.
+its static baselines train twice as long as DSR, with the same schedule shape) and
+``dsr_kernel`` (DSR at kernel granularity) run at the first density only.
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ from dst.records import config_hash, machine_of  # noqa: E402
 
 BENCH = REPO / "benchmarks"
 MAIN = ("dense", "dsr", "static", "set", "rigl", "snfs")
-REST = ("dsr_structured", "thin_dense", "static_erk", "snip", "gmp", "lottery",
+REST = ("dsr_structured", "dsr_kernel", "thin_dense", "static_erk", "snip", "gmp", "lottery",
         "static_from_mask", "static_2x", "thin_dense_2x")
+FIRST_ONLY = ("dsr_kernel", "static_2x", "thin_dense_2x")  # at the first density only
 PRESETS = {"static_erk": ["sparsity=static", "sparsity.distribution=erk"],
            "static_2x": ["sparsity=static"], "thin_dense_2x": ["sparsity=thin_dense"]}
 # the paper trains its static baselines for twice DSR's epochs (LR milestones are fractions of
@@ -188,7 +189,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
         for s in range(args.seeds_main):
             for m in MAIN + REST:
                 if m not in wanted or s >= seeds(m, first) or (
-                        not first and (m == "dense" or m in EPOCH_FACTOR)):
+                        not first and (m == "dense" or m in FIRST_ONLY)):
                     continue
                 j = job(m, 1.0 if m == "dense" else d, s)
                 if m in ("gmp", "lottery"):

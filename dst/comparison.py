@@ -26,8 +26,9 @@ from .stats import Paired, holm, paired_t
 # Mostafa & Wang (ICML 2019) Table 2 and Dettmers & Zettlemoyer (SNFS): WRN-28-2 on the full
 # CIFAR-10, 90 % sparse (our density 0.1), 200 epochs, mean of 5 seeds
 PAPER_D01 = {"dsr": 93.59, "snfs": 93.61, "set": 93.28, "static": 92.04, "dense": 94.70}
-ORDER = ("dense", "thin_dense", "static", "static_erk", "snip", "static_from_mask", "lottery",
-         "gmp", "set", "rigl", "snfs", "dsr_structured", "dsr")
+ORDER = ("dense", "thin_dense", "thin_dense_2x", "static", "static_2x", "static_erk", "snip",
+         "static_from_mask", "lottery", "gmp", "set", "rigl", "snfs", "dsr_structured",
+         "dsr_kernel", "dsr")
 
 
 def _mean_sd(v: list[float]) -> tuple[float | None, float | None]:

@@ -30,15 +30,16 @@ def test_plan_order_counts_and_dependencies(tmp_path):
     jobs = _plan(tmp_path, "--densities", "0.2", "0.1", "--seeds-main", "3", "--seeds-rest",
                  "2")
     names = [j.name for j in jobs]
-    # density 0.1 (the first): dense x 3, 5 sparse main methods x 3, 9 others x 2 (the 2x
-    # baselines included); density 0.2: 5 sparse main + 7 others (no dense, no 2x) x 2
-    assert len(names) == len(set(names)) == 3 + 5 * 3 + 9 * 2 + (5 + 7) * 2
+    # density 0.1 (the first): dense x 3, 5 sparse main methods x 3, 10 others x 2 (the 2x
+    # baselines and dsr_kernel included); density 0.2: 5 sparse main + 7 others (no dense, no
+    # 2x, no dsr_kernel) x 2
+    assert len(names) == len(set(names)) == 3 + 5 * 3 + 10 * 2 + (5 + 7) * 2
     per_method = Counter(j.method for j in jobs)
     assert per_method["dense"] == 3 and per_method["dsr"] == 5 and per_method["lottery"] == 4
     assert per_method["rigl"] == 5 and per_method["dsr_structured"] == 4
     assert per_method["static_2x"] == per_method["thin_dense_2x"] == 2
     # density 0.1 first; within it every method of seed 0 before any of seed 1
-    assert all(j.density in (0.1, 1.0) for j in jobs[:36])
+    assert all(j.density in (0.1, 1.0) for j in jobs[:38])
     first_s1 = next(i for i, j in enumerate(jobs) if j.seed == 1)
     assert {j.method for j in jobs[:first_s1]} == set(sweep.MAIN + sweep.REST)
     assert [j.name for j in jobs if j.seed == 2] == [
@@ -194,8 +195,8 @@ def test_gpu_script_plans_the_density_01_matrix_with_the_cpu_hashes(tmp_path):
     assert out.returncode == 0, out.stderr
     heads = [ln[2:].split(":")[0] for ln in out.stdout.splitlines() if ln.startswith("# ")]
     cmds = [ln for ln in out.stdout.splitlines() if not ln.startswith("#")]
-    # 6 main methods x 5 seeds, 9 others x 3
-    assert len(heads) == 6 * 5 + 9 * 3 and all("trainer.device=cuda" in c for c in cmds)
+    # 6 main methods x 5 seeds, 10 others x 3
+    assert len(heads) == 6 * 5 + 10 * 3 and all("trainer.device=cuda" in c for c in cmds)
     cpu = {j.key for j in _plan(tmp_path, "--densities", "0.1")}
     assert set(heads) == cpu
 
