@@ -172,6 +172,10 @@ def to_onnx(model: nn.Module, path: str | Path, example: Tensor) -> Path:
     except ImportError:
         raise ExportError("ONNX export needs onnxscript: pip install \"dst[onnx]\" (onnx, "
                           "onnxscript, onnxruntime)") from None
+    if any(type(m).__name__ in ("InferenceLinear", "InferenceConv2d") for m in model.modules()):
+        raise ExportError("this is an inference model: its layers run dst's sparse kernels "
+                          "(the custom op dst::csr_mm), which ONNX cannot express; export the "
+                          "trained model (before to_inference) to ONNX instead")
     plain = to_torch(model).eval()
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(plain, (example,), dynamo=True, dynamic_shapes=({0: batch},),

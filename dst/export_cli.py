@@ -22,8 +22,8 @@ from .app import _build_model, _sparsify
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint
 from .slim import KEPT, attach_, find_channel_groups
 
-TARGETS = ("torch", "safetensors", "onnx")
-LATER = ("inference",)  # a planned target, refused with a clear message for now
+TARGETS = ("torch", "safetensors", "onnx", "inference")
+LATER: tuple[str, ...] = ()  # planned targets, refused with a clear message
 
 
 def _num_classes(cfg, state: dict) -> int:
@@ -92,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if args.to == "safetensors":
         export.save(model, out)
+    elif args.to == "inference":  # a torch.export program of the sparse inference model
+        from .inference import to_inference
+
+        shape = _input_shape(Path(args.run_dir), args.checkpoint, args.input_shape)
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        program = torch.export.export(to_inference(model), (torch.randn(2, *shape),),
+                                      dynamic_shapes=({0: batch},))
+        atomic_write(out, lambda tmp: torch.export.save(program, str(tmp)))
     elif args.to == "onnx":
         try:
             shape = _input_shape(Path(args.run_dir), args.checkpoint, args.input_shape)

@@ -135,8 +135,14 @@ def test_dst_export_writes_a_run_as_torch_and_safetensors(tmp_path, capsys):
     got = export.load(tmp_path / "m.safetensors")
     assert all(torch.equal(got[k], v) for k, v in want.items())
     capsys.readouterr()
-    assert main([str(tmp_path / "run"), "--to", "inference", "--out", str(tmp_path / "x")]) == 2
-    assert "--to inference is not available in this release" in capsys.readouterr().err
+    assert main([str(tmp_path / "run"), "--to", "inference", "--out",
+                 str(tmp_path / "m.pt2")]) == 0  # a torch.export program on dst's kernels
+    program = torch.export.load(str(tmp_path / "m.pt2"))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-5)
+    assert main([str(tmp_path / "run"), "--to", "tflite", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown --to 'tflite'" in capsys.readouterr().err
     if importlib.util.find_spec("onnxscript") is not None:
         assert main([str(tmp_path / "run"), "--to", "onnx", "--out",
                      str(tmp_path / "m.onnx")]) == 0

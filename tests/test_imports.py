@@ -82,6 +82,7 @@ LAYERS = {
         "dst.cut", "dst.stats", "dst.models", "dst.data"),
     2: ("dst.kernels", "dst.storage", "dst.selection", "dst.units"),
     3: ("dst.layers", "dst.twins", "dst.attention", "dst.convert", "dst.allocate", "dst.slim",
+        "dst.inference",
         "dst.summary", "dst.export"),
     4: ("dst.methods", "dst.update", "dst.channels", "dst.itop", "dst.engine",
         "dst.baselines"),
