@@ -47,6 +47,23 @@ class BlockNet(nn.Module):
 BLOCK_LAYERS = ("conv1", "conv2")  # BlockNet's sparse layers
 
 
+class AttnNet(nn.Module):
+    """A conv stem, one nn.MultiheadAttention over the 16 positions of an 8 x 8 input (4 x 4
+    after the stride-2 stem) and a Linear head: every method's invariants over an attention
+    layer (its packed in-projection and out-projection are sparse layers)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        t = torch.relu(self.stem(x)).flatten(2).transpose(1, 2)  # (n, 16 tokens, 16)
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        return self.head(t.mean(1))
+
+
 def make_method(name: str):
     """A registered method with its defaults; one that removes channels does so within a test's
     first 50 steps (its ramp ends at 0.5 % of the tests' 10,000-step stop)."""

@@ -5,7 +5,16 @@ import io
 
 import pytest
 import torch
-from helpers import BLOCK_LAYERS, BlockNet, TinyNet, batch, dense_only, make_method, train_steps
+from helpers import (
+    BLOCK_LAYERS,
+    AttnNet,
+    BlockNet,
+    TinyNet,
+    batch,
+    dense_only,
+    make_method,
+    train_steps,
+)
 
 import dst
 from dst.channels import channel_removal
@@ -21,11 +30,17 @@ OPTIMIZERS = {
 STEPS, STOP = 200, 10_000
 
 
-BLOCKS = [None, "kernel", (2, 2)]  # every method runs at each granularity it supports
+# every method runs on a CNN, on a model with attention, and at each granularity it supports
+BLOCKS = [None, "attention", "kernel", (2, 2)]
 
 
 def build(method_name, fmt, opt_name="sgd_nesterov", seed=0, block=None):
-    if block is not None and not METHODS[method_name].supports_blocks:
+    if block == "attention" and METHODS[method_name].removes_channels:
+        with pytest.raises(ValueError, match="found no channel group|tracing the model"):
+            _build(method_name, fmt, opt_name, seed, block)
+        pytest.skip(f"{method_name} needs channel groups: the attention model has none "
+                    "(error checked)")
+    if block not in (None, "attention") and not METHODS[method_name].supports_blocks:
         with pytest.raises(ValueError, match="cannot prune and grow in blocks|format='dense'"):
             _build(method_name, fmt, opt_name, seed, block)
         pytest.skip(f"{method_name} works on single weights only (error checked)")
@@ -42,6 +57,9 @@ def _build(method_name, fmt, opt_name, seed, block=None):
     if block is None:
         model = TinyNet()
         dst.sparsify_(model, 0.3, format=fmt, seed=seed)
+    elif block == "attention":
+        model = AttnNet()
+        dst.sparsify_(model, 0.3, format=fmt, seed=seed, filter_fn=lambda n, m: n != "stem")
     else:
         model = BlockNet()
         dst.sparsify_(model, 0.3, format=fmt, seed=seed, block=block,
@@ -122,7 +140,7 @@ def test_invariants_over_hundreds_of_updates(method_name, fmt, block):
                 assert not bool(m.weight.detach()[~m.mask].any())
                 # the cached active set (updated, not rebuilt, at a commit) is the mask's
                 assert torch.equal(idx, m.mask.reshape(-1).nonzero().squeeze(1)), name
-            if block is not None:  # whole units on or off (raises otherwise)
+            if block not in (None, "attention"):  # whole units on or off (raises otherwise)
                 m.units.units_of_mask(m.mask)
             mask = original(engine, name, m.mask)  # structured: in the original shape
             n_cut += int(mask.numel() != m.mask.numel())
