@@ -59,8 +59,10 @@ def test_registering_adds_the_method_to_the_shared_invariants():
     with pytest.raises(TypeError, match="Method subclass"):
         register(dict)
     for fmt in ("dense", "compact"):  # the same invariants every built-in method passes
-        test_invariants.test_invariants_over_hundreds_of_updates("toy_half_set", fmt)
-        test_invariants.test_state_dict_roundtrip_continues_identically("toy_half_set", fmt)
+        for block in test_invariants.BLOCKS:  # on a CNN, with attention, in kernels and tiles
+            test_invariants.test_invariants_over_hundreds_of_updates("toy_half_set", fmt, block)
+            test_invariants.test_state_dict_roundtrip_continues_identically("toy_half_set", fmt,
+                                                                             block)
 
 
 def test_a_method_defined_outside_dst_trains_through_dst_train(tmp_path):
