@@ -268,18 +268,37 @@ def default_jobs(where: str, cores: int, table: Path = JOBS_CSV) -> int:
     return 1
 
 
+def _per_epoch(pool: list[dict]) -> float:
+    return statistics.median(r["wall_time"] / len(r["epochs"]) for r in pool)
+
+
 def estimate_minutes(job: Job, records: list[dict], where: str, threads: int, jobs: int,
                      epochs: int, default: float = DEFAULT_MINUTES) -> float:
     """Minutes ``job`` should take here: the median recorded minutes per epoch of the same
-    method (else of any method) on this kind of machine at the same threads and jobs; else
-    ``default`` minutes per 30 epochs."""
-    same = [r for r in records if machine_of(r) == where and r.get("threads") == threads
-            and r.get("jobs") == jobs and r.get("wall_time") and r.get("epochs")]
+    method on this kind of machine at the same threads and jobs; else the method's time in the
+    other records scaled by how much slower this setup ran the methods both have; else any
+    method's median here; else ``default`` minutes per 30 epochs."""
+    timed = [r for r in records if r.get("wall_time") and r.get("epochs")]
+    here = [r for r in timed if machine_of(r) == where and r.get("threads") == threads
+            and r.get("jobs") == jobs]
+    elsewhere = [r for r in timed if r not in here]
     kin = (job.method, job.method.removesuffix("_2x"))  # a 2x run: its preset's per-epoch time
-    for pool in ([r for r in same if r["method"] in kin], same):
-        if pool:
-            per_epoch = statistics.median(r["wall_time"] / len(r["epochs"]) for r in pool)
-            return per_epoch * epochs / 60.0
+    mine = [r for r in here if r["method"] in kin]
+    if mine:
+        return _per_epoch(mine) * epochs / 60.0
+    theirs = [r for r in elsewhere if r["method"] in kin]
+
+    def base(r):  # a 2x run's epochs cost what its preset's do
+        return r["method"].removesuffix("_2x")
+
+    shared = sorted({base(r) for r in here} & {base(r) for r in elsewhere})
+    if theirs and shared:  # e.g. an expensive method's first run on a new CPU
+        ratio = statistics.median(
+            _per_epoch([r for r in here if base(r) == m])
+            / _per_epoch([r for r in elsewhere if base(r) == m]) for m in shared)
+        return _per_epoch(theirs) * ratio * epochs / 60.0
+    if here:
+        return _per_epoch(here) * epochs / 60.0
     return default * epochs / 30
 
 

@@ -108,6 +108,18 @@ def test_estimates_come_from_this_machines_records():
     assert machine_of({**rec, "gpu_model": "NVIDIA H200"}) == "NVIDIA H200"
 
 
+def test_a_method_new_to_this_cpu_is_scaled_from_another_cpus_records():
+    # CPU A: static 60 s and thin dense 20 s per epoch; CPU B (here) has only thin dense, at
+    # 30 s: B is 1.5x slower, so static_2x (static's time) at 60 epochs: 60 * 1.5 * 60 s = 90 min
+    base = {"gpu_model": None, "threads": 1, "jobs": 2, "epochs": [{}] * 10}
+    recs = [{**base, "method": "static", "cpu_model": "A", "wall_time": 600.0},
+            {**base, "method": "thin_dense", "cpu_model": "A", "wall_time": 200.0},
+            {**base, "method": "thin_dense_2x", "cpu_model": "B", "wall_time": 300.0}]
+    job = sweep.Job("static_2x_d0.1_s0", "static_2x", 0.1, 0, [], 60)
+    # the 2x run counts as thin dense here (its preset), shared with A's thin dense
+    assert sweep.estimate_minutes(job, recs, "B", 1, 2, 60) == pytest.approx(90.0)
+
+
 def test_jobs_auto_follows_this_cpus_measurement(tmp_path):
     table = tmp_path / "jobs.csv"
     table.write_text("jobs,threads_per_job,sec_per_step,steps_per_hour_total,cpu\n"
