@@ -93,9 +93,9 @@ class Storage(ABC):
     def dense_weight(self) -> Tensor:
         """The full weight with zeros at inactive positions (detached)."""
 
+    @abstractmethod
     def weight_view(self) -> Tensor:
         """What ``layer.weight`` gives: the full weight, differentiable into the storage."""
-        raise NotImplementedError
 
     def layer_attribute(self, name: str):
         """An attribute the layer lacks, answered by its storage (or AttributeError)."""
