@@ -39,6 +39,12 @@ def _num_classes(cfg, state: dict) -> int:
 
 def model_from_run(run_dir: Path, which: str = "last") -> nn.Module:
     """The trained model of a dst run directory (sparse layers, masks, slimmed shapes)."""
+    return load_run(run_dir, which)[0]
+
+
+def load_run(run_dir: Path, which: str = "last"):
+    """(the trained model, the run's config) of a dst run directory, from one checkpoint
+    read."""
     path = Path(run_dir) / "checkpoints" / f"{which}.pt"
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"{run_dir} is not a directory (give a dst run directory)")
@@ -53,16 +59,16 @@ def model_from_run(run_dir: Path, which: str = "last") -> nn.Module:
     if any(k.endswith(f".{KEPT}") for k in state):  # structured: slim to the saved channels
         attach_(model, find_channel_groups(model))
     model.load_state_dict(state)
-    return model.eval()
+    return model.eval(), cfg
 
 
-def _input_shape(run_dir: Path, which: str, given: str | None) -> tuple[int, ...]:
+def _input_shape(cfg, given: str | None) -> tuple[int, ...]:
     if given:
         try:
             return tuple(int(v) for v in given.split(","))
         except ValueError:
             raise ValueError(f"--input-shape takes C,H,W (e.g. 3,32,32), got {given!r}") from None
-    data = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")["config"].get("data", {})
+    data = cfg.get("data") or {}
     size = data.get("image_size") or (224 if data.get("name") == "imagenet" else 32)
     return (3, int(size), int(size))
 
@@ -85,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(TARGETS)}", file=sys.stderr)
         return 2
     try:
-        model = model_from_run(Path(args.run_dir), args.checkpoint)
+        model, cfg = load_run(Path(args.run_dir), args.checkpoint)
+        shape = _input_shape(cfg, args.input_shape) if args.to in ("inference", "onnx") else None
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"dst-export: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -95,16 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.to == "inference":  # a torch.export program of the sparse inference model
         from .inference import to_inference
 
-        shape = _input_shape(Path(args.run_dir), args.checkpoint, args.input_shape)
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         program = torch.export.export(to_inference(model), (torch.randn(2, *shape),),
                                       dynamic_shapes=({0: batch},))
         atomic_write(out, lambda tmp: torch.export.save(program, str(tmp)))
     elif args.to == "onnx":
         try:
-            shape = _input_shape(Path(args.run_dir), args.checkpoint, args.input_shape)
             export.to_onnx(model, out, torch.randn(1, *shape))
-        except (export.ExportError, ValueError) as e:
+        except export.ExportError as e:
             print(f"dst-export: error: {str(e).splitlines()[0]}", file=sys.stderr)
             return 2
     else:

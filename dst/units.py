@@ -24,6 +24,8 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from .storage.base import occupied_positions
+
 
 def check_block(block):
     """``block`` normalised: None, "kernel" or a (bh, bw) tuple of positive ints."""
@@ -142,8 +144,4 @@ def element_change(st_elements, st_units, prune_units: Tensor, grown_units: Tens
 
 def occupied_units(st, unblock: Tensor | None) -> Tensor:
     """Units growth may not use: the active ones, except the positions in ``unblock``."""
-    b = torch.zeros(st.numel, dtype=torch.bool)
-    b[st.active.cpu()] = True
-    if unblock is not None and unblock.numel():
-        b[st.active.cpu().index_select(0, unblock.cpu())] = False
-    return b
+    return occupied_positions(st.numel, st.active, unblock)

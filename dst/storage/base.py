@@ -33,6 +33,16 @@ class Change:
     grown: Tensor
 
 
+def occupied_positions(numel: int, active: Tensor, unblock: Tensor | None) -> Tensor:
+    """Flat bool over ``numel`` positions: True at ``active``, except the positions of
+    ``active`` listed in ``unblock``."""
+    b = torch.zeros(numel, dtype=torch.bool, device=active.device)
+    b.index_fill_(0, active.long(), True)
+    if unblock is not None and unblock.numel():
+        b.index_fill_(0, active.index_select(0, unblock.to(active.device)).long(), False)
+    return b
+
+
 class Storage(ABC):
     """Owns a sparse layer's values and active set (the tensors stay registered on the layer,
     so ``state_dict`` keys are the layer's), its kernels for the dense backend, the commit of
@@ -140,11 +150,7 @@ class Storage(ABC):
     def occupied(self, active: Tensor, unblock: Tensor | None) -> Tensor:
         """Flat bool of positions growth may not use: the active ones, except the positions of
         ``active`` listed in ``unblock`` (just pruned ones that may be regrown)."""
-        b = torch.zeros(self.layer.numel_dense, dtype=torch.bool, device=active.device)
-        b.index_fill_(0, active.long(), True)
-        if unblock is not None and unblock.numel():
-            b.index_fill_(0, active.index_select(0, unblock).long(), False)
-        return b
+        return occupied_positions(self.layer.numel_dense, active, unblock)
 
     def cut_(self, dim: int, keep: Tensor, optimizer=None) -> None:
         """Keep only the channels ``keep`` along ``dim`` (structured slimming)."""
